@@ -1,0 +1,167 @@
+//! Portcullis: an API gateway that protects backend APIs and web apps with
+//! OpenID Connect, configured through an APISIX-shaped Admin API.
+//!
+//! Control plane: `admin` → `model` (validate) → `store` (sled) →
+//! `reload` (watch) → `snapshot` + `router` (compiled, swapped atomically).
+//! Data plane: `proxy` → `proxy::path` (canonicalise) → `router` (match) →
+//! `plugins` → `proxy::balancer` (pick a node) → forward → stream back.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod model;
+pub mod plugins;
+pub mod proxy;
+pub mod reload;
+pub mod router;
+pub mod snapshot;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{middleware, web, App, HttpServer};
+use arc_swap::ArcSwap;
+
+use crate::admin::auth::{AdminKey, KeySource};
+use crate::admin::AdminState;
+use crate::config::Config;
+use crate::proxy::ProxyState;
+use crate::snapshot::Snapshot;
+use crate::store::Store;
+
+/// How long in-flight requests get to finish on shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Idle keep-alive on client connections to the proxy.
+const CLIENT_KEEP_ALIVE: Duration = Duration::from_secs(60);
+/// How long an idle upstream connection stays in the pool.
+const UPSTREAM_KEEP_ALIVE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Opens the store, starts both listeners and serves until a signal.
+pub async fn serve(config: Config) -> Result<(), StartError> {
+    // State: the store, the admin key, and the first snapshot.
+    let store = Arc::new(Store::open(&config.data_dir)?);
+    let (key, source) = AdminKey::setup(config.admin_key.as_deref(), &store).await?;
+    match source {
+        KeySource::Configured => tracing::info!("admin key taken from the configuration"),
+        KeySource::Stored => tracing::info!("admin key: using the hash stored on an earlier start"),
+        KeySource::Generated => {
+            tracing::info!("admin key generated on first start; only its hash is stored")
+        }
+    }
+    let live = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
+    let applied = reload::start(store.clone(), live.clone())?;
+    tracing::info!(
+        store.revision = store.revision(),
+        routes = live.load().router.len(),
+        "configuration loaded"
+    );
+
+    // The proxy listener.
+    let proxy_state = web::Data::new(ProxyState {
+        live,
+        trusted: config.trusted_addresses.clone(),
+    });
+    let proxy = HttpServer::new(move || {
+        let client = awc::Client::builder()
+            .connector(
+                awc::Connector::new()
+                    .limit(0)
+                    .conn_keep_alive(UPSTREAM_KEEP_ALIVE)
+                    .timeout(proxy::balancer::DEFAULT_TIMEOUT)
+                    .max_http_version(awc::http::Version::HTTP_11),
+            )
+            .disable_redirects()
+            .no_default_headers()
+            .disable_timeout()
+            .finish();
+        App::new()
+            .app_data(proxy_state.clone())
+            .app_data(web::Data::new(client))
+            .default_service(web::to(proxy::handle))
+    })
+    .workers(config.workers)
+    .keep_alive(CLIENT_KEEP_ALIVE)
+    .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+    .disable_signals()
+    .bind(config.proxy_listen)
+    .map_err(|source| StartError::Listen {
+        what: "proxy",
+        addr: config.proxy_listen,
+        source,
+    })?;
+    let proxy_addr = proxy.addrs()[0];
+
+    // The admin listener.
+    let admin_state = web::Data::new(AdminState {
+        store: store.clone(),
+        key,
+        allow: config.allow_admin.clone(),
+        applied,
+    });
+    let admin = HttpServer::new(move || {
+        App::new()
+            .app_data(admin_state.clone())
+            .wrap(middleware::from_fn(admin::allow_list))
+            .configure(admin::configure)
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(config.admin_listen)
+    .map_err(|source| StartError::Listen {
+        what: "admin",
+        addr: config.admin_listen,
+        source,
+    })?;
+    let admin_addr = admin.addrs()[0];
+
+    let proxy = proxy.run();
+    let admin = admin.run();
+    let (proxy_handle, admin_handle) = (proxy.handle(), admin.handle());
+    tracing::info!(proxy.addr = %proxy_addr, admin.addr = %admin_addr, "portcullis ready");
+
+    // Serve until SIGINT/SIGTERM, then drain both listeners.
+    let signals = async {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        tokio::join!(proxy_handle.stop(true), admin_handle.stop(true));
+    };
+    let (p, a, ()) = tokio::join!(proxy, admin, signals);
+    p.and(a).map_err(StartError::Serve)?;
+    store_flush(&store).await;
+    Ok(())
+}
+
+async fn store_flush(store: &Store) {
+    // Writes are flushed as they happen; this only makes the exit tidy.
+    let _ = store.update(|_| Ok::<_, store::StoreError>(())).await;
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

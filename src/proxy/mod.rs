@@ -1,0 +1,244 @@
+//! The data plane: canonicalise the path → match a route → (plugins) →
+//! pick a node → forward with streamed bodies → stream the answer back.
+
+pub mod balancer;
+pub mod headers;
+pub mod path;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use arc_swap::ArcSwap;
+use ipnet::IpNet;
+
+use crate::snapshot::{CompiledRoute, Snapshot, Target};
+use balancer::{Balancer, PassHost};
+
+/// What every proxy worker shares.
+pub struct ProxyState {
+    /// The live configuration, swapped by the reloader.
+    pub live: Arc<ArcSwap<Snapshot>>,
+    /// Peers whose forwarding headers are believed.
+    pub trusted: Vec<IpNet>,
+}
+
+/// Why a request was not forwarded; each maps to one status.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{0}")]
+    BadPath(#[from] path::PathError),
+    #[error("404 Route Not Found")]
+    RouteNotFound,
+    #[error("the route's service {0} does not exist")]
+    ServiceMissing(String),
+    #[error("the route's upstream {0} does not exist")]
+    UpstreamMissing(String),
+    #[error("missing upstream configuration in route or service")]
+    NoUpstream,
+    #[error("no valid upstream node")]
+    NoNode,
+    #[error("could not connect to the upstream")]
+    UpstreamUnreachable,
+    #[error("the upstream did not answer in time")]
+    UpstreamTimedOut,
+    #[error("the upstream answered with an invalid response")]
+    UpstreamBroken,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
+            ProxyError::RouteNotFound | ProxyError::ServiceMissing(_) => StatusCode::NOT_FOUND,
+            ProxyError::UpstreamMissing(_)
+            | ProxyError::UpstreamUnreachable
+            | ProxyError::UpstreamBroken => StatusCode::BAD_GATEWAY,
+            ProxyError::NoUpstream | ProxyError::NoNode => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamTimedOut => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn response(&self) -> HttpResponse {
+        let mut body = serde_json::json!({ "error_msg": self.to_string() }).to_string();
+        body.push('\n');
+        HttpResponse::build(self.status())
+            .content_type("application/json")
+            .body(body)
+    }
+}
+
+/// Handles every request on the proxy listener.
+pub async fn handle(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<ProxyState>,
+    client: web::Data<awc::Client>,
+) -> HttpResponse {
+    match forward(&req, payload, &state, &client).await {
+        Ok(resp) => resp,
+        Err(e) => e.response(),
+    }
+}
+
+async fn forward(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &ProxyState,
+    client: &awc::Client,
+) -> Result<HttpResponse, ProxyError> {
+    let peer = req
+        .peer_addr()
+        .map_or(IpAddr::from([127, 0, 0, 1]), |a| a.ip());
+
+    // Canonical path first: routing and every decision use it.
+    let path = path::canonicalize(req.uri().path())?;
+    let host_header = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let host = host_header.map(strip_port).unwrap_or("");
+
+    // Match on the snapshot this request keeps to the end.
+    let snapshot = state.live.load_full();
+    let route = snapshot
+        .router
+        .find(host, &path, req.method(), peer)
+        .ok_or(ProxyError::RouteNotFound)?;
+    let compiled: &CompiledRoute = &route.data;
+    let balancer = match &compiled.target {
+        Target::Upstream(b) => b,
+        Target::NoUpstream => return Err(ProxyError::NoUpstream),
+        Target::MissingUpstream(id) => return Err(ProxyError::UpstreamMissing(id.clone())),
+        Target::MissingService(id) => return Err(ProxyError::ServiceMissing(id.clone())),
+    };
+    if balancer.nodes.is_empty() {
+        tracing::warn!(route.id = %route.id, "no valid upstream node");
+        return Err(ProxyError::NoNode);
+    }
+
+    // Headers for the upstream: hop-by-hop gone before anything is added.
+    let trusted = state.trusted.iter().any(|n| n.contains(&peer));
+    let mut headers = headers::upstream_request_headers(req.headers(), trusted);
+    headers::set_forwarded(&mut headers, &peer.to_string(), host_header, trusted);
+
+    let target = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.into_owned(),
+    };
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0");
+    let (connect, read) = match compiled.timeout {
+        Some(t) => (
+            Duration::try_from_secs_f64(t.connect).unwrap_or(balancer.connect_timeout),
+            Duration::try_from_secs_f64(t.read).unwrap_or(balancer.read_timeout),
+        ),
+        None => (balancer.connect_timeout, balancer.read_timeout),
+    };
+
+    // Try nodes in turn; only a failed connection moves on, and only while
+    // the body has not been handed to a connection.
+    let started = Instant::now();
+    let mut payload = Some(payload);
+    let mut last = ProxyError::UpstreamUnreachable;
+    for node in balancer.attempts() {
+        if let Some(cap) = balancer.retry_timeout {
+            if started.elapsed() > cap {
+                break;
+            }
+        }
+        let url = format!(
+            "{}://{}{}",
+            if balancer.https { "https" } else { "http" },
+            node.authority,
+            target
+        );
+        let mut creq = client
+            .request(req.method().clone(), url.as_str())
+            .timeout(connect + read);
+        *creq.headers_mut() = headers.clone();
+        if let Some(h) = upstream_host(balancer, host_header, &node.authority) {
+            creq.headers_mut().insert(header::HOST, h);
+        }
+        let sent = if has_body {
+            match payload.take() {
+                Some(p) => creq.send_stream(p).await,
+                None => break,
+            }
+        } else {
+            creq.send().await
+        };
+        match sent {
+            Ok(resp) => return Ok(respond(resp)),
+            Err(e) => {
+                let (err, retry) = classify(&e);
+                tracing::warn!(
+                    route.id = %route.id,
+                    upstream.node = %node.authority,
+                    error = %e,
+                    "upstream request failed"
+                );
+                last = err;
+                if !retry || has_body {
+                    break;
+                }
+            }
+        }
+    }
+    Err(last)
+}
+
+/// The Host header for the upstream, per `pass_host`.
+fn upstream_host(b: &Balancer, client_host: Option<&str>, node: &str) -> Option<HeaderValue> {
+    let host = match b.pass_host {
+        PassHost::Pass => client_host?,
+        PassHost::Node => node,
+        PassHost::Rewrite => b.upstream_host.as_deref()?,
+    };
+    HeaderValue::from_str(host).ok()
+}
+
+/// Maps a client error to the gateway's answer, and whether another node
+/// may be tried.
+fn classify(e: &awc::error::SendRequestError) -> (ProxyError, bool) {
+    use awc::error::{ConnectError, SendRequestError as E};
+    match e {
+        E::Connect(ConnectError::Timeout) => (ProxyError::UpstreamTimedOut, true),
+        E::Connect(_) => (ProxyError::UpstreamUnreachable, true),
+        E::Timeout => (ProxyError::UpstreamTimedOut, false),
+        E::Response(_) => (ProxyError::UpstreamBroken, false),
+        _ => (ProxyError::UpstreamUnreachable, false),
+    }
+}
+
+fn respond<S>(resp: awc::ClientResponse<S>) -> HttpResponse
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, actix_http::error::PayloadError>>
+        + Unpin
+        + 'static,
+{
+    let mut out = HttpResponse::build(resp.status());
+    let mut copied = header::HeaderMap::new();
+    headers::client_response_headers(resp.headers(), &mut copied);
+    for (k, v) in copied.iter() {
+        out.append_header((k.clone(), v.clone()));
+    }
+    out.streaming(resp)
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &host[..h.len() + 1]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}

@@ -1,0 +1,201 @@
+//! One consistent view of the configuration, compiled for the proxy.
+//!
+//! Built by the reloader from the stored routes, services and upstreams;
+//! read by every proxied request through an `ArcSwap`, so a request keeps
+//! the snapshot it started with and never sees half of a change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::config::parse_net;
+use crate::model::{Route, Service, Timeout, Upstream};
+use crate::proxy::balancer::Balancer;
+use crate::router::{RouteMatch, Router};
+
+/// Where a matched route sends its traffic, or why it cannot.
+#[derive(Debug)]
+pub enum Target {
+    Upstream(Arc<Balancer>),
+    /// Neither the route nor its service names an upstream.
+    NoUpstream,
+    /// `upstream_id` names an upstream that no longer exists.
+    MissingUpstream(String),
+    /// `service_id` names a service that no longer exists.
+    MissingService(String),
+}
+
+/// A route as the proxy runs it.
+#[derive(Debug)]
+pub struct CompiledRoute {
+    pub target: Target,
+    /// The route's own timeouts, overriding the upstream's.
+    pub timeout: Option<Timeout>,
+    pub enable_websocket: bool,
+}
+
+pub struct Snapshot {
+    /// The store revision this snapshot reflects.
+    pub revision: u64,
+    pub router: Router<CompiledRoute>,
+}
+
+impl Snapshot {
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            revision: 0,
+            router: Router::build(Vec::new()),
+        }
+    }
+}
+
+/// The stored configuration as the reloader tracks it: id → raw object.
+#[derive(Default)]
+pub struct Config {
+    pub routes: BTreeMap<String, Value>,
+    pub services: BTreeMap<String, Value>,
+    pub upstreams: BTreeMap<String, Value>,
+}
+
+/// Balancers kept across rebuilds while their upstream object is
+/// unchanged, so round-robin position (and, later, health state) survive
+/// unrelated changes. Keyed by where the upstream is defined.
+#[derive(Default)]
+pub struct BalancerCache {
+    entries: HashMap<String, (Value, Arc<Balancer>)>,
+}
+
+impl BalancerCache {
+    fn get(&mut self, owner: &str, value: &Value, up: &Upstream) -> Arc<Balancer> {
+        if let Some((old, b)) = self.entries.get(owner) {
+            if old == value {
+                return b.clone();
+            }
+        }
+        let b = Arc::new(Balancer::new(up));
+        self.entries
+            .insert(owner.to_owned(), (value.clone(), b.clone()));
+        b
+    }
+
+    /// Drops balancers whose owner was not used by the last build.
+    fn retain(&mut self, used: &std::collections::HashSet<String>) {
+        self.entries.retain(|k, _| used.contains(k));
+    }
+}
+
+/// Compiles `config` into a snapshot. An object that fails to parse is
+/// skipped with a warning; it never stops the others from applying.
+pub fn build(config: &Config, revision: u64, cache: &mut BalancerCache) -> Snapshot {
+    let mut used = std::collections::HashSet::new();
+    let mut upstream_for = |owner: String, value: &Value| -> Option<Arc<Balancer>> {
+        let up = Upstream::from_value(value)
+            .map_err(|e| tracing::warn!(upstream.owner = %owner, error = %e, "skipping invalid upstream"))
+            .ok()?;
+        used.insert(owner.clone());
+        Some(cache.get(&owner, value, &up))
+    };
+
+    let services: HashMap<&str, Service> = config
+        .services
+        .iter()
+        .filter_map(|(id, v)| match Service::from_value(v) {
+            Ok(s) => Some((id.as_str(), s)),
+            Err(e) => {
+                tracing::warn!(service.id = %id, error = %e, "skipping invalid service");
+                None
+            }
+        })
+        .collect();
+
+    let mut entries = Vec::with_capacity(config.routes.len());
+    for (id, value) in &config.routes {
+        let route = match Route::from_value(value) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(route.id = %id, error = %e, "skipping invalid route");
+                continue;
+            }
+        };
+        if route.status == Some(0) {
+            continue;
+        }
+        let service = route.service_id.as_ref().map(|sid| {
+            let sid = sid.to_string();
+            (services.get(sid.as_str()), sid)
+        });
+
+        // Route fields win over the service's.
+        let by_id =
+            |uid: String, upstream_for: &mut dyn FnMut(String, &Value) -> Option<Arc<Balancer>>| {
+                match config.upstreams.get(&uid) {
+                    Some(v) => upstream_for(format!("upstream/{uid}"), v)
+                        .map_or(Target::MissingUpstream(uid), Target::Upstream),
+                    None => Target::MissingUpstream(uid),
+                }
+            };
+        let target = if let Some(inline) = value.get("upstream") {
+            upstream_for(format!("route/{id}"), inline).map_or(Target::NoUpstream, Target::Upstream)
+        } else if let Some(uid) = &route.upstream_id {
+            by_id(uid.to_string(), &mut upstream_for)
+        } else {
+            match &service {
+                Some((None, sid)) => Target::MissingService(sid.clone()),
+                Some((Some(svc), sid)) => {
+                    if let Some(inline) = config.services.get(sid).and_then(|v| v.get("upstream")) {
+                        upstream_for(format!("service/{sid}"), inline)
+                            .map_or(Target::NoUpstream, Target::Upstream)
+                    } else if let Some(uid) = &svc.upstream_id {
+                        by_id(uid.to_string(), &mut upstream_for)
+                    } else {
+                        Target::NoUpstream
+                    }
+                }
+                None => Target::NoUpstream,
+            }
+        };
+        let service = service.and_then(|(s, _)| s);
+
+        let mut hosts: Vec<String> = route
+            .host_patterns()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        if hosts.is_empty() {
+            if let Some(svc_hosts) = service.and_then(|s| s.hosts.as_ref()) {
+                hosts = svc_hosts.clone();
+            }
+        }
+        let paths = route.paths().into_iter().map(str::to_owned).collect();
+        let remote = route
+            .remote_patterns()
+            .into_iter()
+            .filter_map(parse_net)
+            .collect();
+        let compiled = CompiledRoute {
+            target,
+            timeout: route.timeout,
+            enable_websocket: route
+                .enable_websocket
+                .or(service.and_then(|s| s.enable_websocket))
+                .unwrap_or(false),
+        };
+        entries.push((
+            hosts,
+            paths,
+            RouteMatch::new(
+                id.clone(),
+                route.priority.unwrap_or(0),
+                route.methods.as_deref().unwrap_or(&[]),
+                remote,
+                compiled,
+            ),
+        ));
+    }
+    cache.retain(&used);
+    Snapshot {
+        revision,
+        router: Router::build(entries),
+    }
+}
