@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod config;
 pub mod model;
+pub mod oidc;
 pub mod plugins;
 pub mod proxy;
 pub mod reload;

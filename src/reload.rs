@@ -10,6 +10,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use tokio::sync::{broadcast, watch};
 
+use crate::plugins::PluginCache;
 use crate::snapshot::{self, BalancerCache, Config, Snapshot};
 use crate::store::{Event, Store, StoreError};
 
@@ -25,6 +26,7 @@ pub fn start(
         live,
         config: Config::default(),
         cache: BalancerCache::default(),
+        plugins: PluginCache::default(),
         revision: 0,
     };
     state.full_load()?;
@@ -79,6 +81,8 @@ struct Reloader {
     live: Arc<ArcSwap<Snapshot>>,
     config: Config,
     cache: BalancerCache,
+    /// Built plugins, reused while their configuration is unchanged.
+    plugins: PluginCache,
     /// Highest revision folded into `config`.
     revision: u64,
 }
@@ -106,7 +110,12 @@ impl Reloader {
     }
 
     fn rebuild(&mut self) {
-        let snap = snapshot::build(&self.config, self.revision, &mut self.cache);
+        let snap = snapshot::build(
+            &self.config,
+            self.revision,
+            &mut self.cache,
+            &mut self.plugins,
+        );
         self.live.store(Arc::new(snap));
     }
 }

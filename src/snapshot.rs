@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::config::parse_net;
 use crate::model::{Route, Service, Timeout, Upstream};
+use crate::plugins::{Plugin, PluginCache};
 use crate::proxy::balancer::Balancer;
 use crate::router::{RouteMatch, Router};
 
@@ -27,9 +28,11 @@ pub enum Target {
 }
 
 /// A route as the proxy runs it.
-#[derive(Debug)]
 pub struct CompiledRoute {
     pub target: Target,
+    /// The plugins to run, highest priority first; `Err` when one could not
+    /// be built, so the route refuses traffic rather than run unprotected.
+    pub plugins: Result<Vec<Arc<dyn Plugin>>, String>,
     /// The route's own timeouts, overriding the upstream's.
     pub timeout: Option<Timeout>,
     pub enable_websocket: bool,
@@ -87,7 +90,12 @@ impl BalancerCache {
 
 /// Compiles `config` into a snapshot. An object that fails to parse is
 /// skipped with a warning; it never stops the others from applying.
-pub fn build(config: &Config, revision: u64, cache: &mut BalancerCache) -> Snapshot {
+pub fn build(
+    config: &Config,
+    revision: u64,
+    cache: &mut BalancerCache,
+    plugin_cache: &mut PluginCache,
+) -> Snapshot {
     let mut used = std::collections::HashSet::new();
     let mut upstream_for = |owner: String, value: &Value| -> Option<Arc<Balancer>> {
         let up = Upstream::from_value(value)
@@ -173,8 +181,19 @@ pub fn build(config: &Config, revision: u64, cache: &mut BalancerCache) -> Snaps
             .into_iter()
             .filter_map(parse_net)
             .collect();
+        let service_plugins = route
+            .service_id
+            .as_ref()
+            .and_then(|sid| config.services.get(&sid.to_string()))
+            .and_then(|v| v.get("plugins"))
+            .and_then(Value::as_object);
+        let plugins = plugin_cache.chain(service_plugins, route.plugins.as_ref());
+        if let Err(e) = &plugins {
+            tracing::warn!(route.id = %id, error = %e, "route refuses traffic: a plugin could not be built");
+        }
         let compiled = CompiledRoute {
             target,
+            plugins,
             timeout: route.timeout,
             enable_websocket: route
                 .enable_websocket
@@ -194,6 +213,7 @@ pub fn build(config: &Config, revision: u64, cache: &mut BalancerCache) -> Snaps
         ));
     }
     cache.retain(&used);
+    plugin_cache.finish_build();
     Snapshot {
         revision,
         router: Router::build(entries),

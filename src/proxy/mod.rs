@@ -15,7 +15,18 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
+use crate::plugins::Ctx;
 use crate::snapshot::{CompiledRoute, Snapshot, Target};
+
+/// Headers only the gateway may set; client copies never reach upstream,
+/// whatever the route and the outcome (attack kind K04).
+pub const IDENTITY_HEADERS: &[&str] = &[
+    "x-access-token",
+    "x-userinfo",
+    "x-id-token",
+    "x-refresh-token",
+    "x-raw-id-token",
+];
 use balancer::{Balancer, PassHost};
 
 /// What every proxy worker shares.
@@ -41,6 +52,8 @@ pub enum ProxyError {
     NoUpstream,
     #[error("no valid upstream node")]
     NoNode,
+    #[error("the route is unavailable: {0}")]
+    PluginUnavailable(String),
     #[error("could not connect to the upstream")]
     UpstreamUnreachable,
     #[error("the upstream did not answer in time")]
@@ -57,7 +70,9 @@ impl ProxyError {
             ProxyError::UpstreamMissing(_)
             | ProxyError::UpstreamUnreachable
             | ProxyError::UpstreamBroken => StatusCode::BAD_GATEWAY,
-            ProxyError::NoUpstream | ProxyError::NoNode => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoUpstream | ProxyError::NoNode | ProxyError::PluginUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::UpstreamTimedOut => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -121,9 +136,33 @@ async fn forward(
         return Err(ProxyError::NoNode);
     }
 
-    // Headers for the upstream: hop-by-hop gone before anything is added.
+    // Headers for the upstream: hop-by-hop and gateway-owned identity
+    // headers gone before any plugin adds its own.
     let trusted = state.trusted.iter().any(|n| n.contains(&peer));
     let mut headers = headers::upstream_request_headers(req.headers(), trusted);
+    for name in IDENTITY_HEADERS {
+        headers.remove(*name);
+    }
+
+    // Plugins, in priority order; any of them may answer instead.
+    let plugins = compiled
+        .plugins
+        .as_ref()
+        .map_err(|e| ProxyError::PluginUnavailable(e.clone()))?;
+    if !plugins.is_empty() {
+        let mut ctx = Ctx {
+            req,
+            path: &path,
+            route_id: &route.id,
+            client,
+            upstream_headers: &mut headers,
+        };
+        for plugin in plugins {
+            if let Err(answer) = plugin.access(&mut ctx).await {
+                return Ok(answer);
+            }
+        }
+    }
     headers::set_forwarded(&mut headers, &peer.to_string(), host_header, trusted);
 
     let target = match req.uri().query() {

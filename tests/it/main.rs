@@ -1,4 +1,5 @@
 //! Black-box integration tests: one binary, tests grouped in modules.
 
+mod admin_api;
 mod support;
 mod support_selftest;

@@ -1,0 +1,183 @@
+//! Token introspection (RFC 7662) with a bounded cache (attack kind K10).
+//!
+//! Only a reply whose `active` is the JSON value `true` grants access.
+//! Active replies are cached, keyed by the SHA-256 of the token, until
+//! `min(exp, introspection_interval)`; a reply without `exp` is not
+//! cached. Inactive replies and failures are never cached, so they can
+//! never turn into access later. Concurrent requests carrying the same
+//! uncached token wait for one call to the provider.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use moka::future::Cache;
+use moka::Expiry;
+use serde_json::Value;
+
+use super::AuthError;
+
+/// Most cached introspection replies kept per plugin configuration.
+pub const CACHE_CAPACITY: u64 = 100_000;
+/// Largest introspection reply accepted.
+const MAX_REPLY: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    Basic,
+    Post,
+}
+
+/// A cached positive reply and how long it may be trusted.
+#[derive(Clone)]
+pub struct Active {
+    pub reply: Arc<serde_json::Map<String, Value>>,
+    ttl: Duration,
+}
+
+struct ByTtl;
+
+impl Expiry<[u8; 32], Active> for ByTtl {
+    fn expire_after_create(
+        &self,
+        _: &[u8; 32],
+        v: &Active,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(v.ttl)
+    }
+}
+
+pub struct Introspector {
+    pub endpoint: Option<String>,
+    client_id: String,
+    client_secret: String,
+    auth: ClientAuth,
+    /// Cap on how long a reply is trusted; 0 = until the token's `exp`.
+    interval: u64,
+    timeout: Duration,
+    /// Active replies by token hash; filled only by `introspect`.
+    cache: Cache<[u8; 32], Active>,
+}
+
+impl Introspector {
+    pub fn new(
+        endpoint: Option<String>,
+        client_id: String,
+        client_secret: String,
+        auth: ClientAuth,
+        interval: u64,
+        timeout: Duration,
+    ) -> Introspector {
+        Introspector {
+            endpoint,
+            client_id,
+            client_secret,
+            auth,
+            interval,
+            timeout,
+            cache: Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .expire_after(ByTtl)
+                .build(),
+        }
+    }
+
+    /// The provider's reply for an active token, from the cache or one call.
+    pub async fn introspect(
+        &self,
+        client: &awc::Client,
+        endpoint: &str,
+        token: &str,
+    ) -> Result<Active, AuthError> {
+        let key = super::token_hash(token);
+        self.cache
+            .try_get_with(key, self.call(client, endpoint, token))
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    async fn call(
+        &self,
+        client: &awc::Client,
+        endpoint: &str,
+        token: &str,
+    ) -> Result<Active, AuthError> {
+        let unreachable = |e: String| {
+            tracing::warn!(oidc.introspection = %endpoint, error = %e, "identity provider unreachable: introspection failed");
+            AuthError::ProviderUnavailable(e)
+        };
+        let mut form: Vec<(&str, &str)> =
+            vec![("token", token), ("token_type_hint", "access_token")];
+        let mut req = client
+            .post(endpoint)
+            .insert_header(("accept", "application/json"))
+            .timeout(self.timeout);
+        match self.auth {
+            ClientAuth::Basic => {
+                let enc = |s: &str| form_urlencode(s);
+                let pair = format!("{}:{}", enc(&self.client_id), enc(&self.client_secret));
+                let b64 = base64::engine::general_purpose::STANDARD.encode(pair);
+                req = req.insert_header(("authorization", format!("Basic {b64}")));
+            }
+            ClientAuth::Post => {
+                form.push(("client_id", &self.client_id));
+                form.push(("client_secret", &self.client_secret));
+            }
+        }
+        let mut resp = req
+            .send_form(&form)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(unreachable(format!(
+                "introspection answered status {}",
+                resp.status().as_u16()
+            )));
+        }
+        let body = tokio::time::timeout(self.timeout, resp.body().limit(MAX_REPLY))
+            .await
+            .map_err(|_| unreachable("introspection reply timed out".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let reply: serde_json::Map<String, Value> = serde_json::from_slice(&body)
+            .map_err(|_| unreachable("introspection reply is not a JSON object".into()))?;
+        if reply.get("active") != Some(&Value::Bool(true)) {
+            return Err(AuthError::InvalidToken("invalid token".into()));
+        }
+
+        // Trust it until it expires, capped by the configured interval.
+        let now = super::jwt::now_secs();
+        let until_exp = reply
+            .get("exp")
+            .and_then(Value::as_u64)
+            .map(|exp| exp.saturating_sub(now));
+        if until_exp == Some(0) {
+            return Err(AuthError::InvalidToken("invalid token: expired".into()));
+        }
+        let secs = match (until_exp, self.interval) {
+            (None, _) => 0,
+            (Some(e), 0) => e,
+            (Some(e), cap) => e.min(cap),
+        };
+        Ok(Active {
+            reply: Arc::new(reply),
+            ttl: Duration::from_secs(secs),
+        })
+    }
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value, as RFC 6749
+/// §2.3.1 asks for client credentials in Basic authentication.
+pub fn form_urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
