@@ -238,13 +238,16 @@ async fn admin_api(
 }
 
 async fn authenticate(req: &HttpRequest, state: &AdminState) -> Result<(), &'static str> {
-    let from_header = req
-        .headers()
-        .get("x-api-key")
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let presented = from_header
-        .or_else(|| resources::query_param(req.query_string(), "api_key"))
-        .filter(|k| !k.is_empty());
+    // APISIX's order: the `api_key` query argument, then the header. An
+    // empty value counts as absent.
+    let presented = resources::query_param(req.query_string(), "api_key")
+        .filter(|k| !k.is_empty())
+        .or_else(|| {
+            req.headers()
+                .get("x-api-key")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .filter(|k| !k.is_empty())
+        });
     let Some(presented) = presented else {
         return Err("missing apikey");
     };

@@ -52,13 +52,8 @@ pub async fn handle(state: &AdminState, req: Request<'_>) -> Result<HttpResponse
             write(state, req.kind, Some(id), body).await
         }
         Method::POST => {
-            if req.id.is_some() {
-                return Err(AdminError::bad(format!(
-                    "wrong {singular} id, do not need it"
-                )));
-            }
             let body = parse_body(req.body)?;
-            if body.contains_key("id") {
+            if req.id.is_some() || body.contains_key("id") {
                 return Err(AdminError::bad(format!(
                     "wrong {singular} id, do not need it"
                 )));
@@ -279,14 +274,20 @@ fn validate(kind: Kind, value: &Value) -> Result<(), AdminError> {
     })
 }
 
-/// Server-set times may not come from the client on PUT/POST.
+/// Server-set times may not come from the client on PUT/POST: not at the
+/// top level, nor in `upstream` or `plugins` (APISIX names the nested ones
+/// `upstream.create_time`, `plugins.create_time`).
 fn forbid_times(body: &Map<String, Value>) -> Result<(), AdminError> {
-    let nested = body.get("upstream").and_then(Value::as_object);
-    for obj in std::iter::once(body).chain(nested) {
+    let nested = ["upstream", "plugins"].into_iter().filter_map(|field| {
+        body.get(field)
+            .and_then(Value::as_object)
+            .map(|obj| (format!("{field}."), obj))
+    });
+    for (prefix, obj) in std::iter::once((String::new(), body)).chain(nested) {
         for field in ["create_time", "update_time"] {
             if obj.contains_key(field) {
                 return Err(AdminError::bad(format!(
-                    "the property is forbidden:  {field}"
+                    "the property is forbidden:  {prefix}{field}"
                 )));
             }
         }

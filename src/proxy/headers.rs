@@ -21,15 +21,15 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Headers the gateway owns on the way to the upstream.
-const FORWARDING: &[&str] = &[
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-real-ip",
-    "forwarded",
-];
+/// Headers that describe the client or the original request as a proxy
+/// saw it. From an untrusted peer they are dropped whatever their name's
+/// suffix: `X-Forwarded-*` as a family (`-Prefix`, `-Uri`, `-Port`, …),
+/// not only the ones the gateway sets.
+const FORWARDING: &[&str] = &["x-real-ip", "forwarded", "x-original-uri", "x-original-url"];
+
+fn is_forwarding(name: &str) -> bool {
+    name.starts_with("x-forwarded-") || FORWARDING.contains(&name)
+}
 
 /// Names listed in the `Connection` header(s), lower-cased.
 fn nominated(headers: &HeaderMap) -> Vec<String> {
@@ -58,7 +58,7 @@ pub fn upstream_request_headers(from: &HeaderMap, trusted_peer: bool) -> HeaderM
         if !is_end_to_end(name, &nominated) || name == "host" {
             continue;
         }
-        if !trusted_peer && FORWARDING.contains(&name.as_str()) {
+        if !trusted_peer && is_forwarding(name.as_str()) {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -84,10 +84,19 @@ pub fn set_forwarded(
     host: Option<&str>,
     trusted_peer: bool,
 ) {
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if trusted_peer && !prev.trim().is_empty() => format!("{prev}, {client_ip}"),
-        _ => client_ip.to_owned(),
-    };
+    // Several X-Forwarded-For lines are one list (RFC 9110 §5.3).
+    let mut chain: Vec<&str> = Vec::new();
+    if trusted_peer {
+        chain = headers
+            .get_all("x-forwarded-for")
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .collect();
+    }
+    chain.push(client_ip);
+    let xff = chain.join(", ");
     let set = |h: &mut HeaderMap, name: &'static str, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
             h.insert(HeaderName::from_static(name), v);
@@ -147,5 +156,36 @@ mod tests {
         let mut out = upstream_request_headers(&h, true);
         set_forwarded(&mut out, "127.0.0.1", Some("h"), true);
         assert_eq!(out.get("x-forwarded-for").unwrap(), "10.9.9.9, 127.0.0.1");
+    }
+
+    #[test]
+    fn the_whole_forwarding_family_is_dropped_from_untrusted_peers() {
+        let h = map(&[
+            ("x-forwarded-prefix", "/admin"),
+            ("x-forwarded-uri", "/admin/x"),
+            ("x-forwarded-port", "8443"),
+            ("x-original-uri", "/admin/x"),
+            ("x-original-url", "/admin/x"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-forwardedness", "kept"),
+        ]);
+        let out = upstream_request_headers(&h, false);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out.contains_key("x-forwardedness"));
+        assert_eq!(upstream_request_headers(&h, true).len(), h.len());
+    }
+
+    #[test]
+    fn trusted_chains_join_every_x_forwarded_for_line() {
+        let h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "5.6.7.8, ,9.9.9.9"),
+        ]);
+        let mut out = upstream_request_headers(&h, true);
+        set_forwarded(&mut out, "127.0.0.1", None, true);
+        assert_eq!(
+            out.get_all("x-forwarded-for").collect::<Vec<_>>(),
+            ["1.2.3.4, 5.6.7.8, 9.9.9.9, 127.0.0.1"]
+        );
     }
 }

@@ -4,6 +4,7 @@
 pub mod balancer;
 pub mod headers;
 pub mod path;
+pub mod websocket;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -182,6 +183,29 @@ async fn forward(
         ),
         None => (balancer.connect_timeout, balancer.read_timeout),
     };
+
+    // An accepted WebSocket upgrade becomes a tunnel to one node.
+    if compiled.enable_websocket && websocket::is_upgrade(req) {
+        let node = balancer.attempts().next().ok_or(ProxyError::NoNode)?;
+        if balancer.https {
+            // TODO: WebSocket tunnels to https upstreams are not implemented;
+            // such upgrades are refused rather than sent in clear text.
+            return Err(ProxyError::UpstreamBroken);
+        }
+        if let Some(h) = upstream_host(balancer, host_header, &node.authority) {
+            headers.insert(header::HOST, h);
+        }
+        return websocket::tunnel(
+            req,
+            payload,
+            &headers,
+            &node.authority,
+            &target,
+            connect,
+            read,
+        )
+        .await;
+    }
 
     // Try nodes in turn; only a failed connection moves on, and only while
     // the body has not been handed to a connection.

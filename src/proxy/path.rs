@@ -9,7 +9,11 @@
 //!   a different path than the one the gateway matched.
 //! - Runs of `/` collapse to one; `.` and `..` segments are resolved, and a
 //!   `..` that would climb above the root is refused.
-//! - `;` and everything else is kept literally.
+//! - `;` and everything else is kept literally, except that a `.` or `..`
+//!   segment carrying `;` parameters (`/..;x/`) is refused: servlet
+//!   containers strip the parameters and resolve it as a dot-segment, so
+//!   it would reach a different resource than the one the gateway matched.
+//! - Bytes outside ASCII are kept as they are.
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -23,6 +27,8 @@ pub enum PathError {
     Control,
     #[error("the request path climbs above the root")]
     AboveRoot,
+    #[error("dot-segments with parameters (such as ..;) are not accepted")]
+    DotSegmentParams,
 }
 
 pub fn hex_value(b: u8) -> Option<u8> {
@@ -51,9 +57,10 @@ fn is_canonical(raw: &str) -> bool {
             b'%' | b'\\' => return false,
             b'/' if prev == b'/' => return false,
             b'.' if prev == b'/' => {
-                // "/." followed by end, "/" or "." is a dot-segment.
+                // "/." followed by end, "/" or "." is a dot-segment, and
+                // "/.;" one with parameters.
                 match b.get(i + 1) {
-                    None | Some(b'/') | Some(b'.') => return false,
+                    None | Some(b'/') | Some(b'.') | Some(b';') => return false,
                     _ => {}
                 }
             }
@@ -75,8 +82,9 @@ pub fn canonicalize(raw: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
         return Err(PathError::NotAbsolute);
     }
 
-    // Decode unreserved escapes; refuse separators and junk.
-    let mut decoded = String::with_capacity(raw.len());
+    // Decode unreserved escapes; refuse separators and junk. Built as bytes
+    // so that non-ASCII input is copied, not re-encoded byte by byte.
+    let mut decoded: Vec<u8> = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < bytes.len() {
         let c = bytes[i];
@@ -92,11 +100,11 @@ pub fn canonicalize(raw: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
                 match v {
                     b'/' | b'\\' => return Err(PathError::EncodedSeparator),
                     0 => return Err(PathError::Control),
-                    v if is_unreserved(v) => decoded.push(v as char),
+                    v if is_unreserved(v) => decoded.push(v),
                     v => {
-                        decoded.push('%');
-                        decoded.push(char::from(b"0123456789ABCDEF"[usize::from(v >> 4)]));
-                        decoded.push(char::from(b"0123456789ABCDEF"[usize::from(v & 15)]));
+                        decoded.push(b'%');
+                        decoded.push(b"0123456789ABCDEF"[usize::from(v >> 4)]);
+                        decoded.push(b"0123456789ABCDEF"[usize::from(v & 15)]);
                     }
                 }
                 i += 3;
@@ -104,10 +112,12 @@ pub fn canonicalize(raw: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
             }
             b'\\' => return Err(PathError::EncodedSeparator),
             c if c < 0x20 || c == 0x7f => return Err(PathError::Control),
-            _ => decoded.push(c as char),
+            _ => decoded.push(c),
         }
         i += 1;
     }
+    // Only ASCII was added and other bytes copied whole from a `str`.
+    let decoded = String::from_utf8(decoded).map_err(|_| PathError::BadEscape)?;
 
     // Resolve segments.
     let trailing_slash =
@@ -120,6 +130,9 @@ pub fn canonicalize(raw: &str) -> Result<std::borrow::Cow<'_, str>, PathError> {
                 if out.pop().is_none() {
                     return Err(PathError::AboveRoot);
                 }
+            }
+            s if matches!(s.split_once(';'), Some(("." | "..", _))) => {
+                return Err(PathError::DotSegmentParams)
             }
             s => out.push(s),
         }
@@ -159,6 +172,8 @@ mod tests {
         assert_eq!(ok("/x%252F"), "/x%252F");
         assert_eq!(ok("/api/secret;/api/health"), "/api/secret;/api/health");
         assert_eq!(ok("/"), "/");
+        assert_eq!(ok("/a;b/.x;y/..."), "/a;b/.x;y/...");
+        assert_eq!(ok("//caf\u{e9}/%41"), "/caf\u{e9}/A");
     }
 
     #[test]
@@ -181,5 +196,8 @@ mod tests {
         assert_eq!(canonicalize("/a%00"), Err(PathError::Control));
         assert_eq!(canonicalize("/../etc/passwd"), Err(PathError::AboveRoot));
         assert_eq!(canonicalize("*"), Err(PathError::NotAbsolute));
+        for p in ["/public/..;/admin", "/a/.;x/b", "/a/%2e%2e;x/b", "/a/..;"] {
+            assert_eq!(canonicalize(p), Err(PathError::DotSegmentParams), "{p}");
+        }
     }
 }

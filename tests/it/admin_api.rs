@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::support::{raw_request, wait_until, Gateway, GatewayOpts, Resp, DEFAULT_ADMIN_KEY};
+use crate::support::{
+    raw_request, wait_until, EchoUpstream, Gateway, GatewayOpts, Resp, DEFAULT_ADMIN_KEY,
+};
 
 const KEY: &str = DEFAULT_ADMIN_KEY;
 const WELL_KNOWN_KEY: &str = "edd1c9f034335f136f87ad84b625c8f1";
@@ -316,6 +318,9 @@ fn crud_envelopes_for_every_kind() {
             400,
             &format!("wrong {} id, do not need it", c.word),
         );
+        // The body is looked at before the id.
+        let post_empty = gw.admin_raw("POST", &format!("{base}/9"), &[("X-API-KEY", KEY)], None);
+        expect_error(&post_empty, 400, "missing configurations");
         expect_json(&get(&gw, &format!("{base}/7")), 404, not_found());
         expect_json(&get(&gw, &format!("{base}/9")), 404, not_found());
 
@@ -362,6 +367,43 @@ fn id_of(item: &Value) -> String {
         .next()
         .unwrap()
         .to_owned()
+}
+
+#[test]
+fn concurrent_posts_get_distinct_ids() {
+    let gw = Gateway::start();
+    let ids: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6)
+            .map(|t| {
+                let gw = &gw;
+                scope.spawn(move || {
+                    (0..5)
+                        .map(|i| {
+                            let r = gw.admin(
+                                "POST",
+                                "/apisix/admin/upstreams",
+                                Some(json!({"name": format!("t{t}-{i}"), "nodes": {"127.0.0.1:1": 1}})),
+                            );
+                            assert_eq!(r.status, 201, "{}", r.body);
+                            r.json()["value"]["id"].as_str().unwrap().to_owned()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 30, "{ids:?}");
+    let list = get(&gw, "/apisix/admin/upstreams").json();
+    assert_eq!(list["total"], 30);
+    let listed: Vec<String> = list["list"].as_array().unwrap().iter().map(id_of).collect();
+    assert_eq!(listed, unique);
 }
 
 // ----------------------------------------------------------- references
@@ -589,7 +631,8 @@ fn patch_merges_and_replaces_sub_paths() {
 
     // Refused patches leave the stored object exactly as it was.
     let before = stored(&gw, "/apisix/admin/routes/1");
-    let refused: Vec<(&str, &str, Box<dyn Fn(&Resp)>)> = vec![
+    type Check = Box<dyn Fn(&Resp)>;
+    let refused: Vec<(&str, &str, Check)> = vec![
         (
             "/apisix/admin/routes/1",
             r#"{"uri": null}"#,
@@ -755,7 +798,23 @@ fn invalid_writes_are_refused_and_change_nothing() {
             "/apisix/admin/routes/1",
             r#"{"uri": "/a", "upstream": {"nodes": {"127.0.0.1:1980": 1}, "create_time": 1}}"#
                 .into(),
-            "the property is forbidden:  create_time".into(),
+            "the property is forbidden:  upstream.create_time".into(),
+        ),
+        (
+            "/apisix/admin/routes/1",
+            r#"{"uri": "/a", "upstream": {"nodes": {"127.0.0.1:1980": 1}, "update_time": 1}}"#
+                .into(),
+            "the property is forbidden:  upstream.update_time".into(),
+        ),
+        (
+            "/apisix/admin/routes/1",
+            format!(r#"{{"uri": "/a", "upstream": {up}, "plugins": {{"create_time": 1}}}}"#),
+            "the property is forbidden:  plugins.create_time".into(),
+        ),
+        (
+            "/apisix/admin/services/1",
+            r#"{"upstream": {"nodes": {"127.0.0.1:1980": 1}, "create_time": 1}}"#.into(),
+            "the property is forbidden:  upstream.create_time".into(),
         ),
         (
             "/apisix/admin/routes/1",
@@ -939,6 +998,7 @@ fn list_pagination_counts_before_paging() {
             "{q}"
         );
         assert!(serde_json::from_str::<Value>(&r.body).is_err(), "not JSON");
+        assert_eq!(r.header("x-api-version"), Some("v3"));
     }
     let r = get(&gw, "/apisix/admin/upstreams?page=1&page_size=500");
     expect_json(&r, 200, json!({"list": [], "total": 0}));
@@ -1086,6 +1146,40 @@ fn admin_key_is_required() {
     let ok = gw.admin_raw("GET", &format!("{routes}?api_key={KEY}"), &[], None);
     expect_admin_envelope(&ok);
     assert_eq!(ok.json()["total"], 1);
+
+    // As in APISIX, the query argument is looked at before the header; an
+    // empty value counts as absent.
+    let ok = gw.admin_raw(
+        "GET",
+        &format!("{routes}?api_key={KEY}"),
+        &[("X-API-KEY", "not-the-key")],
+        None,
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    expect_401(
+        &gw.admin_raw(
+            "GET",
+            &format!("{routes}?api_key=nope"),
+            &[("X-API-KEY", KEY)],
+            None,
+        ),
+        "wrong apikey",
+    );
+    let ok = gw.admin_raw(
+        "GET",
+        &format!("{routes}?api_key="),
+        &[("X-API-KEY", KEY)],
+        None,
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let raw = raw_request(
+        gw.admin_addr(),
+        format!(
+            "GET /apisix/admin/routes?api_key={KEY} HTTP/1.1\r\nHost: a\r\nX-API-KEY:\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(raw.status, Some(200), "{}", raw.text);
 
     // Header names are case-insensitive; an empty value is no key. Sent
     // raw so the client cannot normalise the header.
@@ -1282,6 +1376,7 @@ fn b09_weak_configured_keys_are_refused_at_start() {
         ("4054f7cf07e344346cd3f287985e76a2", "well-known"),
         ("", "admin key is empty"),
         ("   ", "admin key is empty"),
+        ("short-key", "shorter than"),
     ] {
         let failure = Gateway::try_start(
             GatewayOpts::new()
@@ -1386,8 +1481,9 @@ fn b08_allowlist_uses_the_socket_peer_and_the_proxy_serves_no_admin_paths() {
 
 #[test]
 fn configuration_survives_a_restart_with_its_indexes() {
+    let echo = EchoUpstream::start();
     let mut gw = Gateway::start();
-    gw.put_resource("upstreams", "1", upstream_conf());
+    gw.put_resource("upstreams", "1", json!({"nodes": {echo.node(): 1}}));
     gw.put_resource("services", "1", json!({"name": "s", "upstream_id": "1"}));
     gw.put_route("1", json!({"uri": "/one", "service_id": "1"}));
     gw.put_route("2", route_conf("/two"));
@@ -1421,6 +1517,10 @@ fn configuration_survives_a_restart_with_its_indexes() {
 
     gw.restart();
     assert_eq!(lists(&gw), before);
+    // …and the proxy serves it without any further write.
+    let r = gw.proxy("GET", "/one", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(echo.count(), 1);
 
     // Revisions carry on from where they were.
     let r = gw.put_route("3", route_conf("/three"));

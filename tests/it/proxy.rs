@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::support::{
-    free_port, raw_request, Gateway, GatewayOpts, PatternReader, RawPart, RawResponse, Recorded,
-    Resp,
+    free_port, raw_request, EchoUpstream, Gateway, GatewayOpts, PatternReader, RawPart,
+    RawResponse, Recorded, Resp,
 };
-use crate::support::EchoUpstream;
 
 /// APISIX's no-match body (`apisix/init.lua`), newline included.
 const NOT_FOUND_BODY: &str = "{\"error_msg\":\"404 Route Not Found\"}\n";
@@ -155,9 +154,8 @@ fn check_cases(gw: &Gateway, label: &str, cases: &[Case]) {
 /// the request line up to (not including) the blank line; `Connection:
 /// close` is added so the exchange ends when the gateway closes.
 fn raw_get(gw: &Gateway, target: &str, head: &str) -> RawResponse {
-    let req = format!(
-        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}Connection: close\r\n\r\n"
-    );
+    let req =
+        format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}Connection: close\r\n\r\n");
     raw_request(gw.proxy_addr(), req.as_bytes())
 }
 
@@ -182,7 +180,12 @@ fn echo_of(part: &RawPart) -> Value {
 /// The single request `up` recorded since it was cleared.
 fn only_request(up: &EchoUpstream) -> Recorded {
     let all = up.wait_for(1, WAIT);
-    assert_eq!(all.len(), 1, "{}: expected one request: {all:#?}", up.name());
+    assert_eq!(
+        all.len(),
+        1,
+        "{}: expected one request: {all:#?}",
+        up.name()
+    );
     all.into_iter().next().expect("one request")
 }
 
@@ -205,9 +208,18 @@ fn precedence_table(f: &Fleet) -> Vec<(&'static str, Value)> {
         ("blog-foo-bar", f.route("/blog/foo/bar", "blog-foo-bar")),
         // Priority orders only routes sharing a path; creation order and
         // ids are chosen so neither agrees with priority.
-        ("a-prio-low", f.route_with("/prio", "prio-low", json!({"priority": 1}))),
-        ("z-prio-high", f.route_with("/prio", "prio-high", json!({"priority": 5}))),
-        ("m-prio-neg", f.route_with("/prio", "prio-neg", json!({"priority": -3}))),
+        (
+            "a-prio-low",
+            f.route_with("/prio", "prio-low", json!({"priority": 1})),
+        ),
+        (
+            "z-prio-high",
+            f.route_with("/prio", "prio-high", json!({"priority": 5})),
+        ),
+        (
+            "m-prio-neg",
+            f.route_with("/prio", "prio-neg", json!({"priority": -3})),
+        ),
         // Equal path and priority: any winner, but always the same one.
         ("tie-1", f.route("/tie", "tie-1")),
         ("tie-2", f.route("/tie", "tie-2")),
@@ -220,7 +232,10 @@ fn precedence_table(f: &Fleet) -> Vec<(&'static str, Value)> {
             "h-any",
             f.route_with("/h/*", "h-any", json!({"priority": 100})),
         ),
-        ("h-deep", f.route_with("/h/deep", "h-deep", json!({"priority": 100}))),
+        (
+            "h-deep",
+            f.route_with("/h/deep", "h-deep", json!({"priority": 100})),
+        ),
         // Wildcard hosts; an exact host beats the wildcard.
         (
             "w-wild",
@@ -273,7 +288,11 @@ fn precedence_table(f: &Fleet) -> Vec<(&'static str, Value)> {
         ),
         (
             "mf-post",
-            f.route_with("/mf", "mf-post", json!({"methods": ["POST"], "priority": 10})),
+            f.route_with(
+                "/mf",
+                "mf-post",
+                json!({"methods": ["POST"], "priority": 10}),
+            ),
         ),
         ("mf-any", f.route("/mf*", "mf-any")),
         (
@@ -424,7 +443,10 @@ fn route_precedence_follows_apisix_and_not_creation_order() {
 
     let mut tie_winners = Vec::new();
     for (label, order) in [
-        ("created in table order", (0..table.len()).collect::<Vec<_>>()),
+        (
+            "created in table order",
+            (0..table.len()).collect::<Vec<_>>(),
+        ),
         (
             "created in reverse order",
             (0..table.len()).rev().collect::<Vec<_>>(),
@@ -442,7 +464,11 @@ fn route_precedence_follows_apisix_and_not_creation_order() {
             let r = gw.admin("DELETE", &format!("/apisix/admin/routes/{id}"), None);
             r.expect_status(200);
         }
-        assert_eq!(served(&gw, "GET", "/exact", None), "404", "{label}: cleanup");
+        assert_eq!(
+            served(&gw, "GET", "/exact", None),
+            "404",
+            "{label}: cleanup"
+        );
     }
     assert_eq!(
         tie_winners[0], tie_winners[1],
@@ -483,14 +509,21 @@ fn b36_priority_wins_on_a_shared_host_and_uri_in_both_creation_orders() {
                 .expect_status(200);
         }
     }
-    assert_eq!(fleet.get("open").count(), 0, "the low-priority route served");
+    assert_eq!(
+        fleet.get("open").count(),
+        0,
+        "the low-priority route served"
+    );
 }
 
 #[test]
 fn no_match_and_excluded_method_answer_the_apisix_404() {
     let fleet = Fleet::new(&["m"]);
     let gw = Gateway::start();
-    gw.put_route("m", fleet.route_with("/m", "m", json!({"methods": ["GET"]})));
+    gw.put_route(
+        "m",
+        fleet.route_with("/m", "m", json!({"methods": ["GET"]})),
+    );
 
     for (method, path) in [("GET", "/nothing/here"), ("PURGE", "/m"), ("POST", "/m")] {
         let r = gw.proxy(method, path, &[]);
@@ -528,11 +561,7 @@ fn routes_through_a_service_use_its_upstream_and_inherit_its_hosts() {
         json!({"upstream": fleet.up("svc"), "hosts": ["svc.test"]}),
     );
     gw.put_resource("upstreams", "u-named", fleet.up("named"));
-    gw.put_resource(
-        "services",
-        "s2",
-        json!({"upstream_id": "u-named"}),
-    );
+    gw.put_resource("services", "s2", json!({"upstream_id": "u-named"}));
     gw.put_route("via-svc", json!({"uri": "/svc/*", "service_id": "s1"}));
     // The route's own upstream and hosts win over the service's.
     gw.put_route(
@@ -690,7 +719,10 @@ fn ten_mib_bodies_stream_both_ways() {
     const N: usize = 10 * 1024 * 1024;
     let up = EchoUpstream::start_named("big");
     let gw = Gateway::start();
-    gw.put_route("big", json!({"uri": "/big/*", "upstream": upstream_of(&up)}));
+    gw.put_route(
+        "big",
+        json!({"uri": "/big/*", "upstream": upstream_of(&up)}),
+    );
 
     let r = gw.proxy("GET", &format!("/big/bytes/{N}"), &[]);
     assert_eq!(r.status, 200);
@@ -785,7 +817,10 @@ fn restart_keeps_the_configuration() {
     gw.put_route("by-id", json!({"uri": "/by-id", "upstream_id": "u1"}));
     gw.put_resource("services", "s1", json!({"upstream": fleet.up("svc")}));
     gw.put_route("svc", json!({"uri": "/svc", "service_id": "s1"}));
-    gw.put_route("off", fleet.route_with("/off", "inline", json!({"status": 0})));
+    gw.put_route(
+        "off",
+        fleet.route_with("/off", "inline", json!({"status": 0})),
+    );
     let cases = [
         get("/inline", "inline"),
         get("/by-id", "by-id"),
@@ -879,7 +914,10 @@ fn k03_trusted_peers_extend_the_chain() {
 fn k05_connection_nominated_headers_are_dropped_and_cannot_remove_gateway_headers() {
     let up = EchoUpstream::start_named("hop");
     let gw = Gateway::start();
-    gw.put_route("hop", json!({"uri": "/hop/*", "upstream": upstream_of(&up)}));
+    gw.put_route(
+        "hop",
+        json!({"uri": "/hop/*", "upstream": upstream_of(&up)}),
+    );
 
     let r = gw.proxy(
         "GET",
@@ -917,9 +955,16 @@ fn k05_connection_nominated_headers_are_dropped_and_cannot_remove_gateway_header
     assert_eq!(seen.header_all("x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(seen.header_all("x-real-ip"), ["127.0.0.1"]);
     assert_eq!(seen.header_all("x-forwarded-proto"), ["http"]);
-    assert!(seen.header("x-forwarded-host").is_some(), "{:?}", seen.headers);
+    assert!(
+        seen.header("x-forwarded-host").is_some(),
+        "{:?}",
+        seen.headers
+    );
     for v in seen.header_all("connection") {
-        assert!(!v.to_ascii_lowercase().contains("forwarded"), "Connection: {v}");
+        assert!(
+            !v.to_ascii_lowercase().contains("forwarded"),
+            "Connection: {v}"
+        );
     }
 
     // Nominating a framing header does not break the body.
@@ -957,12 +1002,14 @@ fn k01_paths_are_canonical_before_matching_and_upstream() {
         "/public/%2e/../admin/secret",
         "/public/../admin/./secret",
     ] {
-        admin.clear();
+        let before = admin.count();
         let raw = raw_get(&gw, target, "");
         let part = first(&raw);
         assert_eq!(part.status, 200, "{target}: {}", raw.text);
         assert_eq!(part.header("x-echo-server"), Some("admin"), "{target}");
-        assert_eq!(only_request(admin).raw_target, "/admin/secret", "{target}");
+        let seen = admin.wait_for(before + 1, WAIT);
+        assert_eq!(seen.len(), before + 1, "{target}: {seen:#?}");
+        assert_eq!(seen[before].raw_target, "/admin/secret", "{target}");
         assert_eq!(public.count(), 0, "{target} reached the public upstream");
     }
 
@@ -983,8 +1030,8 @@ fn k01_paths_are_canonical_before_matching_and_upstream() {
         assert_eq!(raw.status, Some(400), "{target}: {}", raw.text);
     }
     assert_eq!(
-        fleet.total(),
-        8,
+        (public.count(), admin.count()),
+        (0, 8),
         "a refused request reached an upstream: public {:#?}, admin {:#?}",
         public.requests(),
         admin.requests()
@@ -1007,15 +1054,22 @@ fn k01_paths_are_canonical_before_matching_and_upstream() {
     let query = "?next=/../admin/secret&e=%2F%252F%2e&&flag&x=a+b;c";
     let raw = raw_get(&gw, &format!("/public/ok{query}"), "");
     assert_eq!(raw.status, Some(200), "{}", raw.text);
-    assert_eq!(only_request(public).raw_target, format!("/public/ok{query}"));
+    assert_eq!(
+        only_request(public).raw_target,
+        format!("/public/ok{query}")
+    );
 
     // Control: the plain paths.
     public.clear();
     let raw = raw_get(&gw, "/public/ok", "");
     assert_eq!(echo_of(&first(&raw))["raw_target"], "/public/ok");
-    assert_eq!(admin.requests().len(), 8, "all admin hits were dot-segment forms");
+    assert_eq!(
+        admin.count(),
+        8,
+        "only the dot-segment forms reached the admin upstream"
+    );
     for r in public.requests() {
-        assert!(!r.raw_target.contains("admin/secret") || r.raw_target.contains('?'));
+        assert!(!r.path().contains("admin"), "{r:#?}");
     }
 }
 
@@ -1026,7 +1080,10 @@ fn k01_paths_are_canonical_before_matching_and_upstream() {
 fn k02_route_is_chosen_on_the_path_only() {
     let fleet = Fleet::new(&["api", "health"]);
     let gw = Gateway::start();
-    gw.put_route("api", fleet.route_with("/api/*", "api", json!({"priority": 0})));
+    gw.put_route(
+        "api",
+        fleet.route_with("/api/*", "api", json!({"priority": 0})),
+    );
     gw.put_route(
         "health",
         fleet.route_with("/api/health", "health", json!({"priority": 10})),
@@ -1099,7 +1156,10 @@ fn k17_cl_te_desync_and_duplicate_lengths_are_refused() {
         let forwarded = fleet.get("pub").requests()[before..].to_vec();
         if raw.status == Some(400) {
             assert!(raw.closed, "{head:?}: 400 but the connection stayed open");
-            assert!(forwarded.is_empty(), "{head:?}: 400 yet forwarded {forwarded:#?}");
+            assert!(
+                forwarded.is_empty(),
+                "{head:?}: 400 yet forwarded {forwarded:#?}"
+            );
         } else {
             assert!(
                 forwarded.len() <= 1,
@@ -1167,11 +1227,18 @@ fn upgrade_on_a_plain_route_is_a_plain_request_and_opens_no_tunnel() {
     assert_eq!(ws.raw_target, "/pub/ws");
     assert_eq!(ws.header("upgrade"), None, "{:?}", ws.headers);
     for v in ws.header_all("connection") {
-        assert!(!v.to_ascii_lowercase().contains("upgrade"), "Connection: {v}");
+        assert!(
+            !v.to_ascii_lowercase().contains("upgrade"),
+            "Connection: {v}"
+        );
     }
     // Every request any upstream saw came through the gateway's HTTP path
     // (gateway-set X-Forwarded-For), never raw through a tunnel.
-    for r in up.requests().iter().chain(fleet.get("admin").requests().iter()) {
+    for r in up
+        .requests()
+        .iter()
+        .chain(fleet.get("admin").requests().iter())
+    {
         assert_eq!(
             r.header("x-forwarded-for"),
             Some("127.0.0.1"),
@@ -1179,7 +1246,9 @@ fn upgrade_on_a_plain_route_is_a_plain_request_and_opens_no_tunnel() {
         );
     }
     assert!(
-        up.requests().iter().all(|r| !r.raw_target.contains("admin")),
+        up.requests()
+            .iter()
+            .all(|r| !r.raw_target.contains("admin")),
         "{:#?}",
         up.requests()
     );

@@ -1,0 +1,128 @@
+//! WebSocket proxying for routes with `enable_websocket: true`.
+//!
+//! After the plugins have accepted the request, the upgrade request is
+//! written to the upstream node over a fresh connection; when the node
+//! answers `101 Switching Protocols`, bytes are relayed both ways until
+//! either side closes. Any other answer is passed back to the client and
+//! no tunnel opens. On routes without `enable_websocket` an upgrade is
+//! forwarded as a plain request with its `Upgrade` header removed.
+
+use std::time::Duration;
+
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::ProxyError;
+
+/// Largest upstream response head accepted.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Whether the client asks for a WebSocket upgrade.
+pub fn is_upgrade(req: &HttpRequest) -> bool {
+    req.headers()
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// Opens the tunnel to `authority` (plain HTTP only).
+pub async fn tunnel(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    headers: &HeaderMap,
+    authority: &str,
+    target: &str,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+) -> Result<HttpResponse, ProxyError> {
+    // Connect and send the upgrade request.
+    let mut upstream = tokio::time::timeout(connect_timeout, TcpStream::connect(authority))
+        .await
+        .map_err(|_| ProxyError::UpstreamTimedOut)?
+        .map_err(|_| ProxyError::UpstreamUnreachable)?;
+    let mut head = format!("{} {target} HTTP/1.1\r\n", req.method()).into_bytes();
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n\r\n");
+    upstream
+        .write_all(&head)
+        .await
+        .map_err(|_| ProxyError::UpstreamUnreachable)?;
+
+    // Read the answer's head.
+    let mut buf = Vec::with_capacity(1024);
+    let head_len = tokio::time::timeout(read_timeout, async {
+        loop {
+            let mut chunk = [0u8; 2048];
+            let n = upstream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                return Some(end + 4);
+            }
+            if buf.len() > MAX_HEAD {
+                return None;
+            }
+        }
+    })
+    .await
+    .map_err(|_| ProxyError::UpstreamTimedOut)?
+    .ok_or(ProxyError::UpstreamBroken)?;
+    let mut parsed_headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Response::new(&mut parsed_headers);
+    parsed
+        .parse(&buf[..head_len])
+        .map_err(|_| ProxyError::UpstreamBroken)?;
+    let status = parsed
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(ProxyError::UpstreamBroken)?;
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+
+    let mut resp = HttpResponse::build(status);
+    for h in parsed.headers.iter() {
+        let lower = h.name.to_ascii_lowercase();
+        let hop = matches!(
+            lower.as_str(),
+            "connection" | "upgrade" | "keep-alive" | "transfer-encoding"
+        );
+        if hop && !switching {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) {
+            resp.append_header((n, v));
+        }
+    }
+    let early = bytes::Bytes::copy_from_slice(&buf[head_len..]);
+    if !switching {
+        // No tunnel: pass on the answer and whatever body came with it.
+        return Ok(resp.body(early));
+    }
+
+    // Relay both ways until either side closes.
+    let (from_upstream, mut to_upstream) = upstream.into_split();
+    actix_web::rt::spawn(async move {
+        while let Some(Ok(chunk)) = payload.next().await {
+            if to_upstream.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_upstream.shutdown().await;
+    });
+    let stream = futures_util::stream::iter((!early.is_empty()).then_some(Ok(early)))
+        .chain(tokio_util::io::ReaderStream::new(from_upstream));
+    Ok(resp.streaming(stream))
+}
