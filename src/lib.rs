@@ -27,6 +27,8 @@ use arc_swap::ArcSwap;
 use crate::admin::auth::{AdminKey, KeySource};
 use crate::admin::AdminState;
 use crate::config::Config;
+use crate::oidc::session::SessionStore;
+use crate::plugins::PluginEnv;
 use crate::proxy::ProxyState;
 use crate::snapshot::Snapshot;
 use crate::store::Store;
@@ -35,8 +37,8 @@ use crate::store::Store;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Idle keep-alive on client connections to the proxy.
 const CLIENT_KEEP_ALIVE: Duration = Duration::from_secs(60);
-/// How long an idle upstream connection stays in the pool.
-const UPSTREAM_KEEP_ALIVE: Duration = Duration::from_secs(60);
+/// How often expired browser sessions are removed from the store.
+const SESSION_SWEEP: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -64,8 +66,11 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             tracing::info!("admin key generated on first start; only its hash is stored")
         }
     }
+    let sessions = Arc::new(SessionStore::new(store.open_tree("sessions")?));
+    spawn_session_sweeper(sessions.clone());
+    let env = Arc::new(PluginEnv { sessions });
     let live = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
-    let applied = reload::start(store.clone(), live.clone())?;
+    let applied = reload::start(store.clone(), live.clone(), env)?;
     tracing::info!(
         store.revision = store.revision(),
         routes = live.load().router.len(),
@@ -78,21 +83,9 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         trusted: config.trusted_addresses.clone(),
     });
     let proxy = HttpServer::new(move || {
-        let client = awc::Client::builder()
-            .connector(
-                awc::Connector::new()
-                    .limit(0)
-                    .conn_keep_alive(UPSTREAM_KEEP_ALIVE)
-                    .timeout(proxy::balancer::DEFAULT_TIMEOUT)
-                    .max_http_version(awc::http::Version::HTTP_11),
-            )
-            .disable_redirects()
-            .no_default_headers()
-            .disable_timeout()
-            .finish();
         App::new()
             .app_data(proxy_state.clone())
-            .app_data(web::Data::new(client))
+            .app_data(web::Data::new(proxy::Clients::new()))
             .default_service(web::to(proxy::handle))
     })
     .workers(config.workers)
@@ -145,6 +138,19 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     p.and(a).map_err(StartError::Serve)?;
     store_flush(&store).await;
     Ok(())
+}
+
+/// Removes expired browser sessions and abandoned sign-ins now and then.
+fn spawn_session_sweeper(sessions: Arc<SessionStore>) {
+    let _ = std::thread::Builder::new()
+        .name("portcullis-sessions".into())
+        .spawn(move || loop {
+            std::thread::sleep(SESSION_SWEEP);
+            let removed = sessions.sweep();
+            if removed > 0 {
+                tracing::info!(sessions.removed = removed, "expired sessions swept");
+            }
+        });
 }
 
 async fn store_flush(store: &Store) {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use tokio::sync::{broadcast, watch};
 
-use crate::plugins::PluginCache;
+use crate::plugins::{PluginCache, PluginEnv};
 use crate::snapshot::{self, BalancerCache, Config, Snapshot};
 use crate::store::{Event, Store, StoreError};
 
@@ -19,6 +19,7 @@ use crate::store::{Event, Store, StoreError};
 pub fn start(
     store: Arc<Store>,
     live: Arc<ArcSwap<Snapshot>>,
+    env: Arc<PluginEnv>,
 ) -> Result<watch::Receiver<u64>, StoreError> {
     let mut events = store.subscribe();
     let mut state = Reloader {
@@ -26,7 +27,7 @@ pub fn start(
         live,
         config: Config::default(),
         cache: BalancerCache::default(),
-        plugins: PluginCache::default(),
+        plugins: PluginCache::new(env),
         revision: 0,
     };
     state.full_load()?;

@@ -147,6 +147,12 @@ impl Store {
         self.events.subscribe()
     }
 
+    /// Another tree of the same database, for data that is not
+    /// configuration (browser sessions).
+    pub fn open_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
     /// A small metadata value (not a resource), e.g. the admin key hash.
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.db.get(format!("meta/{key}"))?.map(|v| v.to_vec()))

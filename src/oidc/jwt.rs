@@ -5,8 +5,9 @@
 //! - The algorithm must be one the configuration expects and the key's type
 //!   allows; `none` and every HMAC algorithm are refused outright, so a
 //!   public key can never serve as an HMAC secret.
-//! - `exp` is required; `exp`, `nbf` and `iat` must be numbers; leeway is
-//!   bounded by the configuration; `iss` must match exactly.
+//! - `exp` and `iss` are required; `exp`, `nbf` and `iat` must be
+//!   numbers; leeway is bounded by the configuration; `iss` must be a
+//!   single string equal to a trusted issuer.
 //! - Audience and scopes are checked by the plugin (they answer 403).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -65,9 +66,16 @@ pub fn header(token: &str) -> Result<Header, AuthError> {
         .and_then(Value::as_str)
         .ok_or_else(|| invalid("invalid jwt: no alg"))?;
     let alg: Algorithm = alg_name.parse().map_err(|_| {
-        invalid(format!(
-            "token is signed by unexpected algorithm \"{alg_name}\""
-        ))
+        // Echo the name only when it looks like one: the header is the
+        // sender's, and it goes into a response header and the log.
+        let plain = alg_name.len() <= 16 && alg_name.bytes().all(|b| b.is_ascii_alphanumeric());
+        if plain {
+            invalid(format!(
+                "token is signed by unexpected algorithm \"{alg_name}\""
+            ))
+        } else {
+            invalid("token is signed by unexpected algorithm")
+        }
     })?;
     if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
         return Err(invalid(format!(
@@ -124,7 +132,7 @@ pub fn verify(
     v.validate_exp = true;
     v.validate_nbf = true;
     v.validate_aud = false;
-    v.set_required_spec_claims(&["exp"]);
+    v.set_required_spec_claims(&["exp", "iss"]);
     v.set_issuer(rules.issuers);
     if rules.issuers.is_empty() {
         return Err(AuthError::IssuerUnknown);
@@ -155,6 +163,17 @@ pub fn verify(
         })
     })?;
     let claims = data.claims;
+
+    // `iss` is one string, equal to a trusted issuer; the library would
+    // also take an array that merely contains one.
+    match claims.get("iss") {
+        Some(Value::String(iss)) if rules.issuers.iter().any(|t| t == iss) => {}
+        _ => {
+            return Err(invalid(
+                "jwt signature verification failed: 'iss' claim is not trusted",
+            ))
+        }
+    }
 
     // Registered time claims must be numbers, whatever the library accepts.
     for c in ["exp", "nbf", "iat"] {
@@ -233,5 +252,52 @@ mod tests {
         .unwrap();
         assert_eq!(ok.alg, Algorithm::ES256);
         assert_eq!(ok.kid.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn odd_algorithm_names_are_not_echoed() {
+        let t = format!(
+            "{}.{}.c2ln",
+            b64(r#"{"alg":"x\r\nSet-Cookie: a=b"}"#),
+            b64("{}")
+        );
+        let e = header(&t).err().unwrap().to_string();
+        assert_eq!(e, "token is signed by unexpected algorithm");
+        let t = format!("{}.{}.c2ln", b64(r#"{"alg":"XS999"}"#), b64("{}"));
+        let e = header(&t).err().unwrap().to_string();
+        assert_eq!(e, "token is signed by unexpected algorithm \"XS999\"");
+    }
+
+    /// `iss` must be present and one trusted string (HS256 only to sign
+    /// here; the plugin never lets HMAC tokens reach `verify`).
+    #[test]
+    fn issuer_is_required_and_a_single_exact_string() {
+        let secret = b"unit-test-secret";
+        let key = DecodingKey::from_secret(secret).unwrap();
+        let enc = jsonwebtoken::EncodingKey::from_secret(secret).unwrap();
+        let exp = now_secs() + 600;
+        let issuers = vec!["http://idp".to_owned()];
+        let rules = Rules {
+            issuers: &issuers,
+            leeway: 0,
+            iat_slack: 120,
+        };
+        let check = |claims: serde_json::Value| {
+            let t =
+                jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &enc)
+                    .unwrap();
+            verify(&t, Algorithm::HS256, &key, &rules)
+        };
+        assert!(check(serde_json::json!({"iss": "http://idp", "exp": exp})).is_ok());
+        for bad in [
+            serde_json::json!({"exp": exp}),
+            serde_json::json!({"iss": null, "exp": exp}),
+            serde_json::json!({"iss": ["http://idp"], "exp": exp}),
+            serde_json::json!({"iss": ["http://idp", "http://evil"], "exp": exp}),
+            serde_json::json!({"iss": "http://idp/", "exp": exp}),
+            serde_json::json!({"iss": "http://IDP", "exp": exp}),
+        ] {
+            assert!(check(bad.clone()).is_err(), "{bad}");
+        }
     }
 }

@@ -2,9 +2,11 @@
 //! provider's discovery document and keys, local JWT verification, and
 //! token introspection.
 
+pub mod code_flow;
 pub mod introspection;
 pub mod jwt;
 pub mod provider;
+pub mod session;
 
 use sha2::{Digest, Sha256};
 

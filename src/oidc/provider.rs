@@ -5,10 +5,20 @@
 //! - keys are cached for `jwk_expires_in`; a key that disappears from the
 //!   JWKS stops working when the cache is next refreshed;
 //! - a token with an unknown `kid` triggers a refetch, at most once per
-//!   [`MIN_REFETCH`], so forged kids cannot hammer the provider;
+//!   [`MIN_REFETCH`], so forged kids cannot hammer the provider; the
+//!   regular (first or TTL) fetch does not count against that budget, so a
+//!   key rotated in right after it is still picked up at once;
 //! - when a refresh fails the last good keys keep serving for at most
 //!   [`STALE_GRACE`] past their expiry, with a warning; then requests fail
-//!   closed.
+//!   closed;
+//! - after a failed fetch (discovery or JWKS) the provider is not asked
+//!   again for [`MIN_REFETCH`]: requests meanwhile get the stale copy or the
+//!   same error at once, so an outage costs one `timeout`, not one per
+//!   queued request (attack kind K11).
+//!
+//! The discovery document's `issuer` must match the discovery URL (OpenID
+//! Connect Discovery 1.0 §4.3); when it does not, the document is still
+//! used for its endpoints, but its issuer is never trusted.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -24,6 +34,8 @@ pub const MIN_REFETCH: Duration = Duration::from_secs(5);
 pub const STALE_GRACE: Duration = Duration::from_secs(3600);
 /// How long a discovery document is kept.
 pub const DISCOVERY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The path every discovery URL ends with (Discovery §4).
+const WELL_KNOWN: &str = "/.well-known/openid-configuration";
 /// Largest discovery or JWKS document accepted.
 const MAX_DOCUMENT: usize = 512 * 1024;
 
@@ -31,6 +43,10 @@ const MAX_DOCUMENT: usize = 512 * 1024;
 #[derive(Debug, Clone, Default)]
 pub struct Discovery {
     pub issuer: String,
+    /// `issuer` is the discovery URL without its well-known suffix
+    /// (Discovery §4.3; a trailing `/` on the issuer is allowed). When
+    /// false, tokens are never checked against this issuer.
+    pub issuer_matches_url: bool,
     pub jwks_uri: Option<String>,
     pub introspection_endpoint: Option<String>,
     pub authorization_endpoint: Option<String>,
@@ -57,8 +73,12 @@ pub struct Provider {
     discovery: RwLock<Option<(Arc<Discovery>, Instant)>>,
     /// Cached keys; written after each successful JWKS fetch.
     keys: RwLock<Option<Arc<Keys>>>,
-    /// When the JWKS was last requested, successful or not; limits refetches.
-    last_jwks_attempt: RwLock<Option<Instant>>,
+    /// When an unknown `kid` last caused a JWKS fetch; limits such refetches.
+    last_forced_refetch: RwLock<Option<Instant>>,
+    /// The last failed JWKS fetch and why; holds back retries for a while.
+    jwks_failure: RwLock<Option<(Instant, AuthError)>>,
+    /// The last failed discovery fetch and why; holds back retries too.
+    discovery_failure: RwLock<Option<(Instant, AuthError)>>,
     /// One fetch at a time; concurrent misses wait for it instead of
     /// making calls of their own.
     fetch_lock: tokio::sync::Mutex<()>,
@@ -72,7 +92,9 @@ impl Provider {
             jwk_ttl,
             discovery: RwLock::new(None),
             keys: RwLock::new(None),
-            last_jwks_attempt: RwLock::new(None),
+            last_forced_refetch: RwLock::new(None),
+            jwks_failure: RwLock::new(None),
+            discovery_failure: RwLock::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -97,13 +119,22 @@ impl Provider {
         if let Some(d) = self.cached_discovery() {
             return Ok(d);
         }
+        // A fetch failed a moment ago: answer as it did, without asking again.
+        if let Some(e) = recent_failure(&self.discovery_failure) {
+            return match read(&self.discovery).as_ref() {
+                Some((d, _)) => Ok(d.clone()),
+                None => Err(e),
+            };
+        }
         match self.fetch_discovery(client).await {
             Ok(d) => {
                 let d = Arc::new(d);
                 *write(&self.discovery) = Some((d.clone(), Instant::now()));
+                *write(&self.discovery_failure) = None;
                 Ok(d)
             }
             Err(e) => {
+                *write(&self.discovery_failure) = Some((Instant::now(), e.clone()));
                 // A stale document beats none when the provider is down.
                 if let Some((d, _)) = read(&self.discovery).as_ref() {
                     tracing::warn!(oidc.discovery = %self.discovery_url, error = %e, "discovery refresh failed; using the previous document");
@@ -121,8 +152,17 @@ impl Provider {
         let issuer = s("issuer").ok_or_else(|| {
             AuthError::ProviderUnavailable("discovery document has no issuer".into())
         })?;
+        let issuer_matches_url = issuer_matches_url(&issuer, &self.discovery_url);
+        if !issuer_matches_url {
+            tracing::warn!(
+                oidc.discovery = %self.discovery_url,
+                oidc.issuer = %issuer,
+                "discovery issuer does not match the discovery URL; its issuer is not trusted"
+            );
+        }
         Ok(Discovery {
             issuer,
+            issuer_matches_url,
             jwks_uri: s("jwks_uri"),
             introspection_endpoint: s("introspection_endpoint"),
             authorization_endpoint: s("authorization_endpoint"),
@@ -154,14 +194,22 @@ impl Provider {
         if let Some(k) = current.as_ref().filter(|k| usable(k)) {
             return Ok(k.clone());
         }
+        let within_grace = |k: &Keys| k.fetched.elapsed() < self.jwk_ttl + STALE_GRACE;
+        // A fetch failed a moment ago: answer as it did, without asking again.
+        if let Some(e) = recent_failure(&self.jwks_failure) {
+            return match current {
+                Some(k) if within_grace(&k) => Ok(k),
+                _ => Err(e),
+            };
+        }
         // An unknown kid on fresh keys refetches only now and then.
         if let Some(k) = current.as_ref().filter(|k| fresh(k)) {
-            let recent = read(&self.last_jwks_attempt).is_some_and(|t| t.elapsed() < MIN_REFETCH);
+            let recent = read(&self.last_forced_refetch).is_some_and(|t| t.elapsed() < MIN_REFETCH);
             if recent {
                 return Ok(k.clone());
             }
+            *write(&self.last_forced_refetch) = Some(Instant::now());
         }
-        *write(&self.last_jwks_attempt) = Some(Instant::now());
         let fetched = match discovery {
             Ok(d) => self.fetch_keys(client, &d).await,
             Err(e) => Err(e),
@@ -174,18 +222,22 @@ impl Provider {
                     generation: current.as_ref().map_or(1, |k| k.generation + 1),
                 });
                 *write(&self.keys) = Some(keys.clone());
+                *write(&self.jwks_failure) = None;
                 Ok(keys)
             }
-            Err(e) => match current {
-                Some(k) if k.fetched.elapsed() < self.jwk_ttl + STALE_GRACE => {
-                    tracing::warn!(oidc.discovery = %self.discovery_url, error = %e, "jwks refresh failed; serving the last good keys");
-                    Ok(k)
+            Err(e) => {
+                *write(&self.jwks_failure) = Some((Instant::now(), e.clone()));
+                match current {
+                    Some(k) if within_grace(&k) => {
+                        tracing::warn!(oidc.discovery = %self.discovery_url, error = %e, "jwks refresh failed; serving the last good keys");
+                        Ok(k)
+                    }
+                    _ => {
+                        tracing::warn!(oidc.discovery = %self.discovery_url, error = %e, "identity provider unreachable: no usable keys");
+                        Err(e)
+                    }
                 }
-                _ => {
-                    tracing::warn!(oidc.discovery = %self.discovery_url, error = %e, "identity provider unreachable: no usable keys");
-                    Err(e)
-                }
-            },
+            }
         }
     }
 
@@ -240,10 +292,53 @@ pub async fn get_json(
     serde_json::from_slice(&body).map_err(|e| unreachable(format!("invalid JSON: {e}")))
 }
 
+/// Discovery §4.3: the issuer is the discovery URL minus its well-known
+/// suffix (one trailing `/` on the issuer aside). Any other discovery URL
+/// cannot be checked and is taken as it is.
+fn issuer_matches_url(issuer: &str, discovery_url: &str) -> bool {
+    let url = discovery_url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(discovery_url);
+    match url.strip_suffix(WELL_KNOWN) {
+        Some(prefix) => issuer.strip_suffix('/').unwrap_or(issuer) == prefix,
+        None => true,
+    }
+}
+
+/// The error of a failure less than [`MIN_REFETCH`] old.
+fn recent_failure(slot: &RwLock<Option<(Instant, AuthError)>>) -> Option<AuthError> {
+    read(slot)
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < MIN_REFETCH)
+        .map(|(_, e)| e.clone())
+}
+
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())
 }
 
 fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::issuer_matches_url;
+
+    #[test]
+    fn discovery_issuer_must_match_its_url() {
+        let url = "http://127.0.0.1:9300/.well-known/openid-configuration";
+        assert!(issuer_matches_url("http://127.0.0.1:9300", url));
+        assert!(issuer_matches_url("http://127.0.0.1:9300/", url));
+        assert!(!issuer_matches_url("http://127.0.0.1:93001", url));
+        assert!(!issuer_matches_url("http://127.0.0.1:9300INVALID", url));
+        assert!(!issuer_matches_url("http://127.0.0.1:9300//", url));
+        assert!(!issuer_matches_url("https://127.0.0.1:9300", url));
+        let realm = "http://kc/realms/a/.well-known/openid-configuration";
+        assert!(issuer_matches_url("http://kc/realms/a", realm));
+        assert!(!issuer_matches_url("http://kc/realms/b", realm));
+        // Not a standard discovery URL: nothing to compare with.
+        assert!(issuer_matches_url("http://x", "http://idp/config.json"));
+    }
 }

@@ -7,6 +7,7 @@
 //! valid ones. A built plugin holds its runtime state (caches, keys); the
 //! reloader reuses it across reloads while its configuration is unchanged.
 
+pub mod oidc_browser;
 pub mod openid_connect;
 
 use std::collections::HashMap;
@@ -30,6 +31,15 @@ pub struct Ctx<'a> {
     /// Headers that will go upstream; hop-by-hop and gateway-owned headers
     /// are already gone, so what a plugin sets here reaches the upstream.
     pub upstream_headers: &'a mut HeaderMap,
+    /// Headers added to whatever answer the client gets (e.g. a renewed
+    /// session cookie, CORS headers).
+    pub response_headers: &'a mut HeaderMap,
+}
+
+/// What plugins may use besides their configuration; one per process.
+pub struct PluginEnv {
+    /// Browser sessions of `openid-connect`.
+    pub sessions: Arc<crate::oidc::session::SessionStore>,
 }
 
 /// A configured plugin, shared by every worker.
@@ -41,6 +51,9 @@ pub trait Plugin: Send + Sync {
     fn access<'a>(&'a self, ctx: &'a mut Ctx<'_>) -> LocalBoxFuture<'a, Result<(), HttpResponse>>;
 }
 
+/// Builds the runtime form of a checked configuration.
+pub type BuildFn = fn(&Value, &PluginEnv) -> Result<Arc<dyn Plugin>, String>;
+
 /// One registered plugin kind.
 pub struct PluginKind {
     pub name: &'static str,
@@ -49,7 +62,7 @@ pub struct PluginKind {
     /// Checks a configuration, answering in APISIX's words.
     pub check: fn(&Value) -> Checked,
     /// Builds the runtime form of a checked configuration.
-    pub build: fn(&Value) -> Result<Arc<dyn Plugin>, String>,
+    pub build: BuildFn,
 }
 
 /// Every plugin this build knows.
@@ -77,13 +90,21 @@ pub fn check_plugins(v: &Value) -> Checked {
 /// Built plugins by name and configuration, kept across reloads so that
 /// caches survive when a configuration did not change. Written only by the
 /// reloader thread.
-#[derive(Default)]
 pub struct PluginCache {
+    env: Arc<PluginEnv>,
     built: HashMap<(String, String), Arc<dyn Plugin>>,
     used: std::collections::HashSet<(String, String)>,
 }
 
 impl PluginCache {
+    pub fn new(env: Arc<PluginEnv>) -> PluginCache {
+        PluginCache {
+            env,
+            built: HashMap::new(),
+            used: Default::default(),
+        }
+    }
+
     /// The plugins of a route, its service's merged under it, in run
     /// order. When one cannot be built the whole chain fails, so the route
     /// refuses traffic instead of running unprotected.
@@ -108,7 +129,8 @@ impl PluginCache {
             let plugin = match self.built.get(&key) {
                 Some(p) => p.clone(),
                 None => {
-                    let p = (kind.build)(conf).map_err(|e| format!("plugin {name}: {e}"))?;
+                    let p =
+                        (kind.build)(conf, &self.env).map_err(|e| format!("plugin {name}: {e}"))?;
                     self.built.insert(key, p.clone());
                     p
                 }

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use super::oidc_browser::{BrowserFlow, Common};
 use super::{Ctx, Plugin};
 use crate::model::check::{self, opt, Checked};
 use crate::oidc::introspection::{ClientAuth, Introspector};
@@ -186,6 +187,7 @@ const BROWSER_FIELDS: &[&str] = &[
     "set_refresh_token_header",
     "set_raw_id_token_header",
     "access_token_expires_in",
+    "spa_aware",
 ];
 
 const ALGORITHMS: &[&str] = &[
@@ -263,6 +265,7 @@ pub fn check(v: &Value) -> Checked {
         check::array(v, 0, false, |s| check::string(s, 1, 256)).map(drop)
     })?;
     opt(obj, "claim_validator", claim_validator)?;
+    super::oidc_browser::check(obj)?;
 
     // client_secret: needed unless tokens are verified locally.
     let bearer_only = obj
@@ -323,12 +326,14 @@ enum Verifier {
 pub struct OpenIdConnect {
     conf: OidcConfig,
     provider: Provider,
+    /// The sign-in flow, when `bearer_only` is false.
+    browser: Option<BrowserFlow>,
     verifier: Verifier,
     /// `Bearer realm="…"`, prebuilt.
     challenge: HeaderValue,
 }
 
-pub fn build(v: &Value) -> Result<Arc<dyn Plugin>, String> {
+pub fn build(v: &Value, env: &super::PluginEnv) -> Result<Arc<dyn Plugin>, String> {
     let conf: OidcConfig = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
     let timeout = Duration::from_secs(conf.timeout.max(1));
     let verifier = if let Some(pem) = &conf.public_key {
@@ -352,7 +357,17 @@ pub fn build(v: &Value) -> Result<Arc<dyn Plugin>, String> {
     };
     let challenge = HeaderValue::from_str(&format!("Bearer realm=\"{}\"", conf.realm))
         .map_err(|_| "realm is not a valid header value".to_owned())?;
+    let browser = (!conf.bearer_only).then(|| {
+        BrowserFlow::new(
+            v,
+            &conf.client_id,
+            conf.client_secret.as_deref(),
+            &conf.discovery,
+            env.sessions.clone(),
+        )
+    });
     Ok(Arc::new(OpenIdConnect {
+        browser,
         provider: Provider::new(
             conf.discovery.clone(),
             timeout,
@@ -383,6 +398,11 @@ impl Plugin for OpenIdConnect {
 
     fn access<'a>(&'a self, ctx: &'a mut Ctx<'_>) -> LocalBoxFuture<'a, Result<(), HttpResponse>> {
         Box::pin(async move {
+            if let Some(browser) = &self.browser {
+                if !has_bearer(ctx.req) {
+                    return browser.handle(ctx, &self.provider, &self.common()).await;
+                }
+            }
             match self.authenticate(ctx).await {
                 Ok(()) => Ok(()),
                 Err(refusal) => Err(self.refuse(ctx, refusal)),
@@ -392,6 +412,19 @@ impl Plugin for OpenIdConnect {
 }
 
 impl OpenIdConnect {
+    fn common(&self) -> Common<'_> {
+        Common {
+            client_id: &self.conf.client_id,
+            timeout: self.provider.timeout(),
+            iat_slack: self.conf.iat_slack,
+            leeway: self.conf.access_token_expires_leeway,
+            expected_alg: self.conf.token_signing_alg_values_expected.as_deref(),
+            set_access_token_header: self.conf.set_access_token_header,
+            access_token_in_authorization_header: self.conf.access_token_in_authorization_header,
+            set_userinfo_header: self.conf.set_userinfo_header,
+        }
+    }
+
     async fn authenticate(&self, ctx: &mut Ctx<'_>) -> Result<(), Refusal> {
         // Extract exactly one credential.
         let token = bearer_token(ctx.req)?.ok_or(Refusal::Missing)?;
@@ -515,8 +548,10 @@ impl OpenIdConnect {
             return Ok(list);
         }
         match self.provider.discovery(client).await {
-            Ok(d) => Ok(vec![d.issuer.clone()]),
-            Err(_) => Err(Refusal::Invalid(AuthError::IssuerUnknown)),
+            // Discovery §4.3: an issuer that is not the discovery URL's own
+            // is never trusted (warned about when the document is fetched).
+            Ok(d) if d.issuer_matches_url => Ok(vec![d.issuer.clone()]),
+            Ok(_) | Err(_) => Err(Refusal::Invalid(AuthError::IssuerUnknown)),
         }
     }
 
@@ -611,9 +646,16 @@ impl OpenIdConnect {
                     "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{description}\"",
                     self.conf.realm
                 );
+                // A description a header cannot carry still gets a challenge.
+                let www = HeaderValue::from_str(&value).or_else(|_| {
+                    HeaderValue::from_str(&format!(
+                        "Bearer realm=\"{}\", error=\"invalid_token\"",
+                        self.conf.realm
+                    ))
+                });
                 (
                     StatusCode::UNAUTHORIZED,
-                    HeaderValue::from_str(&value).ok(),
+                    www.ok(),
                     serde_json::json!({"error": "invalid_token", "error_description": description}),
                 )
             }
@@ -647,6 +689,14 @@ fn set(h: &mut header::HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         h.insert(name, v);
     }
+}
+
+/// Whether the request carries `Authorization: Bearer …` (any case); such
+/// requests take the bearer path even on browser routes.
+fn has_bearer(req: &actix_web::HttpRequest) -> bool {
+    req.headers()
+        .get_all(header::AUTHORIZATION)
+        .any(|v| v.as_bytes().len() >= 6 && v.as_bytes()[..6].eq_ignore_ascii_case(b"bearer"))
 }
 
 /// The one bearer token of a request (attack kind K12): scheme compared

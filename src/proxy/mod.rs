@@ -14,6 +14,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use arc_swap::ArcSwap;
+use futures_util::StreamExt;
 use ipnet::IpNet;
 
 use crate::plugins::Ctx;
@@ -92,9 +93,9 @@ pub async fn handle(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<ProxyState>,
-    client: web::Data<awc::Client>,
+    clients: web::Data<Clients>,
 ) -> HttpResponse {
-    match forward(&req, payload, &state, &client).await {
+    match forward(&req, payload, &state, &clients).await {
         Ok(resp) => resp,
         Err(e) => e.response(),
     }
@@ -104,7 +105,7 @@ async fn forward(
     req: &HttpRequest,
     payload: web::Payload,
     state: &ProxyState,
-    client: &awc::Client,
+    clients: &Clients,
 ) -> Result<HttpResponse, ProxyError> {
     let peer = req
         .peer_addr()
@@ -150,16 +151,20 @@ async fn forward(
         .plugins
         .as_ref()
         .map_err(|e| ProxyError::PluginUnavailable(e.clone()))?;
+    let mut extra_response_headers = header::HeaderMap::new();
     if !plugins.is_empty() {
+        let idp_client = clients.default_client();
         let mut ctx = Ctx {
             req,
             path: &path,
             route_id: &route.id,
-            client,
+            client: &idp_client,
             upstream_headers: &mut headers,
+            response_headers: &mut extra_response_headers,
         };
         for plugin in plugins {
-            if let Err(answer) = plugin.access(&mut ctx).await {
+            if let Err(mut answer) = plugin.access(&mut ctx).await {
+                append_all(answer.headers_mut(), &extra_response_headers);
                 return Ok(answer);
             }
         }
@@ -176,12 +181,17 @@ async fn forward(
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim() != "0");
-    let (connect, read) = match compiled.timeout {
+    let (connect, send_timeout, read) = match compiled.timeout {
         Some(t) => (
             Duration::try_from_secs_f64(t.connect).unwrap_or(balancer.connect_timeout),
+            Duration::try_from_secs_f64(t.send).unwrap_or(balancer.send_timeout),
             Duration::try_from_secs_f64(t.read).unwrap_or(balancer.read_timeout),
         ),
-        None => (balancer.connect_timeout, balancer.read_timeout),
+        None => (
+            balancer.connect_timeout,
+            balancer.send_timeout,
+            balancer.read_timeout,
+        ),
     };
 
     // An accepted WebSocket upgrade becomes a tunnel to one node.
@@ -210,6 +220,7 @@ async fn forward(
     // Try nodes in turn; only a failed connection moves on, and only while
     // the body has not been handed to a connection.
     let started = Instant::now();
+    let client = clients.for_connect_timeout(connect);
     let mut payload = Some(payload);
     let mut last = ProxyError::UpstreamUnreachable;
     for node in balancer.attempts() {
@@ -224,23 +235,50 @@ async fn forward(
             node.authority,
             target
         );
-        let mut creq = client
-            .request(req.method().clone(), url.as_str())
-            .timeout(connect + read);
+        let mut creq = client.request(req.method().clone(), url.as_str());
         *creq.headers_mut() = headers.clone();
         if let Some(h) = upstream_host(balancer, host_header, &node.authority) {
             creq.headers_mut().insert(header::HOST, h);
         }
-        let sent = if has_body {
-            match payload.take() {
-                Some(p) => creq.send_stream(p).await,
-                None => break,
+
+        // `read` runs from the moment the request is fully sent until the
+        // response head arrives, and then between body chunks.
+        let (sent_tx, sent_rx) = tokio::sync::oneshot::channel::<()>();
+        let send = async {
+            if has_body {
+                let p = payload.take()?;
+                let body = idle_timeout(p, send_timeout).chain(
+                    futures_util::stream::once(async move {
+                        let _ = sent_tx.send(());
+                    })
+                    .filter_map(|()| std::future::ready(None)),
+                );
+                Some(creq.send_stream(body).await)
+            } else {
+                let _ = sent_tx.send(());
+                Some(creq.send().await)
             }
-        } else {
-            creq.send().await
+        };
+        let deadline = async {
+            let _ = sent_rx.await;
+            tokio::time::sleep(read).await;
+        };
+        let sent = tokio::select! {
+            r = send => match r {
+                Some(r) => r,
+                None => break,
+            },
+            () = deadline => {
+                tracing::warn!(route.id = %route.id, upstream.node = %node.authority, "upstream read timed out");
+                return Err(ProxyError::UpstreamTimedOut);
+            }
         };
         match sent {
-            Ok(resp) => return Ok(respond(resp)),
+            Ok(resp) => {
+                let mut answer = respond(resp, read);
+                append_all(answer.headers_mut(), &extra_response_headers);
+                return Ok(answer);
+            }
             Err(e) => {
                 let (err, retry) = classify(&e);
                 tracing::warn!(
@@ -250,6 +288,9 @@ async fn forward(
                     "upstream request failed"
                 );
                 last = err;
+                // TODO: a request with a body is not retried on another node
+                // even when the connection was refused before anything was
+                // sent; replaying would need the body buffered.
                 if !retry || has_body {
                     break;
                 }
@@ -282,7 +323,7 @@ fn classify(e: &awc::error::SendRequestError) -> (ProxyError, bool) {
     }
 }
 
-fn respond<S>(resp: awc::ClientResponse<S>) -> HttpResponse
+fn respond<S>(resp: awc::ClientResponse<S>, idle: Duration) -> HttpResponse
 where
     S: futures_util::Stream<Item = Result<bytes::Bytes, actix_http::error::PayloadError>>
         + Unpin
@@ -294,7 +335,93 @@ where
     for (k, v) in copied.iter() {
         out.append_header((k.clone(), v.clone()));
     }
-    out.streaming(resp)
+    out.streaming(idle_timeout(resp, idle))
+}
+
+/// Ends a body stream with an error when no chunk arrives for `idle`.
+fn idle_timeout<S, E>(
+    stream: S,
+    idle: Duration,
+) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>>>>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin + 'static,
+    E: std::fmt::Display,
+{
+    Box::pin(futures_util::stream::unfold(
+        Some(stream),
+        move |state| async move {
+            let mut s = state?;
+            match tokio::time::timeout(idle, s.next()).await {
+                Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(s))),
+                Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e.to_string())), None)),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "body idle too long",
+                    )),
+                    None,
+                )),
+            }
+        },
+    ))
+}
+
+/// One upstream client per distinct connect timeout, per worker: awc sets
+/// the connect timeout on the connector, not per request.
+pub struct Clients {
+    by_connect: std::cell::RefCell<std::collections::HashMap<u128, awc::Client>>,
+}
+
+impl Clients {
+    pub fn new() -> Clients {
+        Clients {
+            by_connect: Default::default(),
+        }
+    }
+
+    /// The client for plugins' calls to identity providers.
+    pub fn default_client(&self) -> awc::Client {
+        self.for_connect_timeout(balancer::DEFAULT_TIMEOUT)
+    }
+
+    pub fn for_connect_timeout(&self, connect: Duration) -> awc::Client {
+        self.by_connect
+            .borrow_mut()
+            .entry(connect.as_millis())
+            .or_insert_with(|| build_client(connect))
+            .clone()
+    }
+}
+
+impl Default for Clients {
+    fn default() -> Self {
+        Clients::new()
+    }
+}
+
+/// How long an idle upstream connection stays in the pool.
+const UPSTREAM_KEEP_ALIVE: Duration = Duration::from_secs(60);
+
+fn build_client(connect: Duration) -> awc::Client {
+    awc::Client::builder()
+        .connector(
+            awc::Connector::new()
+                .limit(0)
+                .conn_keep_alive(UPSTREAM_KEEP_ALIVE)
+                .timeout(connect)
+                .max_http_version(awc::http::Version::HTTP_11),
+        )
+        .disable_redirects()
+        .no_default_headers()
+        .disable_timeout()
+        .finish()
+}
+
+fn append_all(to: &mut header::HeaderMap, from: &header::HeaderMap) {
+    for (k, v) in from {
+        to.append(k.clone(), v.clone());
+    }
 }
 
 fn strip_port(host: &str) -> &str {

@@ -490,23 +490,27 @@ fn b36_priority_wins_on_a_shared_host_and_uri_in_both_creation_orders() {
         "guarded",
         json!({"hosts": ["a.example.test"], "priority": 10}),
     );
-    for (label, order) in [
-        ("open first", [("open", &open), ("guarded", &guarded)]),
-        ("guarded first", [("guarded", &guarded), ("open", &open)]),
-    ] {
-        for (id, v) in order {
-            gw.put_route(id, v.clone());
-        }
-        for _ in 0..3 {
-            assert_eq!(
-                served(&gw, "GET", "/api/x", Some("a.example.test")),
-                "guarded",
-                "{label}"
-            );
-        }
-        for (id, _) in order {
-            gw.admin("DELETE", &format!("/apisix/admin/routes/{id}"), None)
-                .expect_status(200);
+    // Ids on both sides of the guarded one, so neither creation order nor
+    // the id tie-break can explain the winner.
+    for (open_id, guarded_id) in [("open", "guarded"), ("a-open", "z-guarded")] {
+        for (label, order) in [
+            ("open first", [(open_id, &open), (guarded_id, &guarded)]),
+            ("guarded first", [(guarded_id, &guarded), (open_id, &open)]),
+        ] {
+            for (id, v) in order {
+                gw.put_route(id, v.clone());
+            }
+            for _ in 0..3 {
+                assert_eq!(
+                    served(&gw, "GET", "/api/x", Some("a.example.test")),
+                    "guarded",
+                    "ids {open_id}/{guarded_id}, {label}"
+                );
+            }
+            for (id, _) in order {
+                gw.admin("DELETE", &format!("/apisix/admin/routes/{id}"), None)
+                    .expect_status(200);
+            }
         }
     }
     assert_eq!(
@@ -663,7 +667,7 @@ fn slow_upstream_is_504() {
     );
     let r = gw.proxy("GET", "/slow/delay/1500", &[]);
     assert_eq!(r.status, 504, "{}", r.body);
-    // The route's timeout is the route's only: a fast request is fine.
+    // A fast answer on the same route is unaffected.
     assert_eq!(served(&gw, "GET", "/slow/fast", None), "slow");
 }
 
@@ -730,6 +734,7 @@ fn ten_mib_bodies_stream_both_ways() {
     assert_eq!(r.body.len(), N, "response body length");
     let n_str = N.to_string();
     assert_eq!(r.header("content-length"), Some(n_str.as_str()));
+    assert_eq!(r.header("transfer-encoding"), None, "both framings sent");
     let bad = r
         .body
         .bytes()
@@ -776,11 +781,14 @@ fn writes_apply_to_the_very_next_request() {
     // Reload latency: PUT acknowledged → first request that sees the change.
     const WRITES: usize = 50;
     let mut latencies = Vec::with_capacity(WRITES);
+    let mut put_times = Vec::with_capacity(WRITES);
     let mut late = Vec::new();
     for i in 0..WRITES {
         let name = if i % 2 == 0 { "one" } else { "two" };
+        let sent = Instant::now();
         gw.put_route("lat", fleet.route("/lat", name));
         let acked = Instant::now();
+        put_times.push(acked - sent);
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -795,6 +803,13 @@ fn writes_apply_to_the_very_next_request() {
         }
     }
     latencies.sort();
+    put_times.sort();
+    eprintln!(
+        "admin PUT round trip over {WRITES} writes (store + reload + wait for apply): \
+         median {:?}, max {:?}",
+        put_times[WRITES / 2],
+        put_times[WRITES - 1]
+    );
     eprintln!(
         "reload latency over {WRITES} writes (PUT ack → first request seeing it, incl. that \
          request): median {:?}, max {:?}, min {:?}",
@@ -1025,6 +1040,12 @@ fn k01_paths_are_canonical_before_matching_and_upstream() {
         "/public/../../admin/secret",
         "/%2e%2e/admin/secret",
         "/public/%00/../admin/secret",
+        "/public\\..\\admin/secret",
+        // Servlet containers resolve `..;x` as `..`: ambiguous, refused.
+        "/public/..;/admin/secret",
+        "/public/..;jsessionid=1/admin/secret",
+        "/public/%2e%2e;/admin/secret",
+        "/public/.;/../admin/secret",
     ] {
         let raw = raw_get(&gw, target, "");
         assert_eq!(raw.status, Some(400), "{target}: {}", raw.text);
@@ -1182,6 +1203,32 @@ fn k17_cl_te_desync_and_duplicate_lengths_are_refused() {
             );
         }
     }
+    // Control: well-formed chunked and Content-Length bodies go through,
+    // framed one way only.
+    for (head, body, len) in [
+        (
+            "Transfer-Encoding: chunked\r\n",
+            "5\r\nhello\r\n0\r\n\r\n",
+            5,
+        ),
+        ("Content-Length: 5\r\n", "hello", 5),
+    ] {
+        let before = fleet.get("pub").count();
+        let req = format!(
+            "POST /pub/ok HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{head}\r\n{body}"
+        );
+        let raw = raw_request(gw.proxy_addr(), req.as_bytes());
+        assert_eq!(raw.status, Some(200), "{head:?}: {}", raw.text);
+        let seen = fleet.get("pub").wait_for(before + 1, WAIT);
+        let r = &seen[before];
+        assert_eq!(r.body_len, len, "{head:?}");
+        assert!(
+            !(r.header("content-length").is_some() && r.header("transfer-encoding").is_some()),
+            "{head:?}: both framings forwarded: {:?}",
+            r.headers
+        );
+    }
+
     // A follow-up on the (possibly pooled) upstream connection: nothing queued.
     assert_eq!(served(&gw, "GET", "/pub/after", None), "pub");
     for up in ["pub", "admin"] {
