@@ -813,6 +813,28 @@ mod erased {
     }
 }
 
+/// Removes the named cookies from the `Cookie` header(s).
+fn strip_cookies(h: &mut HeaderMap, names: &[&str]) {
+    let kept: Vec<String> = h
+        .get_all(header::COOKIE)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .filter(|c| {
+            let name = c.split('=').next().unwrap_or("").trim();
+            !names.contains(&name)
+        })
+        .map(str::to_owned)
+        .collect();
+    h.remove(header::COOKIE);
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+            h.insert(header::COOKIE, v);
+        }
+    }
+}
+
 fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         h.insert(name, v);
@@ -884,6 +906,28 @@ fn page(status: StatusCode, text: &str) -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateway_cookies_never_reach_the_upstream() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; portcullis_session=secret"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("portcullis_session_login=x; b=2"),
+        );
+        strip_cookies(&mut h, &["portcullis_session", "portcullis_session_login"]);
+        assert_eq!(h.get(header::COOKIE).unwrap(), "a=1; b=2");
+        let mut only = HeaderMap::new();
+        only.insert(
+            header::COOKIE,
+            HeaderValue::from_static("portcullis_session=s"),
+        );
+        strip_cookies(&mut only, &["portcullis_session"]);
+        assert!(only.get(header::COOKIE).is_none());
+    }
 
     #[test]
     fn paths_of_redirect_uris() {

@@ -418,7 +418,14 @@ fn build_client(connect: Duration) -> awc::Client {
         .finish()
 }
 
+/// Adds plugin-set response headers: cookies are added, anything else
+/// replaces what the upstream sent.
 fn append_all(to: &mut header::HeaderMap, from: &header::HeaderMap) {
+    for name in from.keys() {
+        if name != header::SET_COOKIE {
+            to.remove(name);
+        }
+    }
     for (k, v) in from {
         to.append(k.clone(), v.clone());
     }
