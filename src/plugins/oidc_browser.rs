@@ -260,6 +260,10 @@ impl BrowserFlow {
         provider: &Provider,
         common: &Common<'_>,
     ) -> Result<(), HttpResponse> {
+        // The session id is the browser's secret with the gateway: the
+        // upstream never sees it, whatever happens next.
+        let ours = [self.cookie_name.as_str(), &self.login_cookie_name()];
+        strip_cookies(ctx.upstream_headers, &ours);
         let redirect_uri = self.redirect_uri(ctx);
         if ctx.path == uri_path(&redirect_uri) {
             return Err(self.callback(ctx, provider, common, &redirect_uri).await);
