@@ -12,6 +12,16 @@ use utoipa::OpenApi as _;
 
 use crate::model::{self, Kind};
 
+/// The `plugins` object of a route or service: plugin name → its
+/// configuration. Documentation only; configurations are checked by the
+/// plugin registry.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct Plugins {
+    #[serde(rename = "openid-connect")]
+    openid_connect: Option<crate::plugins::openid_connect::OidcConfig>,
+}
+
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(
@@ -27,7 +37,12 @@ use crate::model::{self, Kind};
         model::upstream::Node,
         model::upstream::KeepalivePool,
         model::Timeout,
-        model::Id
+        model::Id,
+        Plugins,
+        crate::plugins::openid_connect::OidcConfig,
+        crate::plugins::openid_connect::ClaimValidator,
+        crate::plugins::openid_connect::IssuerRule,
+        crate::plugins::openid_connect::AudienceRule
     ))
 )]
 struct Base;

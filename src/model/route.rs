@@ -50,7 +50,7 @@ pub struct Route {
     pub priority: Option<i64>,
     /// Plugin name → plugin configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<crate::admin::openapi::Plugins>)]
     pub plugins: Option<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<Upstream>,
