@@ -20,6 +20,7 @@ use crate::model::{self, Kind};
 pub struct Plugins {
     #[serde(rename = "openid-connect")]
     openid_connect: Option<crate::plugins::openid_connect::OidcConfig>,
+    cors: Option<crate::plugins::cors::CorsConfig>,
 }
 
 #[derive(utoipa::OpenApi)]
@@ -39,6 +40,7 @@ pub struct Plugins {
         model::Timeout,
         model::Id,
         Plugins,
+        crate::plugins::cors::CorsConfig,
         crate::plugins::openid_connect::OidcConfig,
         crate::plugins::openid_connect::ClaimValidator,
         crate::plugins::openid_connect::IssuerRule,

@@ -7,6 +7,7 @@ pub mod introspection;
 pub mod jwt;
 pub mod provider;
 pub mod session;
+pub mod verified;
 
 use sha2::{Digest, Sha256};
 

@@ -7,6 +7,7 @@
 //! valid ones. A built plugin holds its runtime state (caches, keys); the
 //! reloader reuses it across reloads while its configuration is unchanged.
 
+pub mod cors;
 pub mod oidc_browser;
 pub mod openid_connect;
 
@@ -66,12 +67,20 @@ pub struct PluginKind {
 }
 
 /// Every plugin this build knows.
-pub const REGISTRY: &[PluginKind] = &[PluginKind {
-    name: "openid-connect",
-    priority: 2599,
-    check: openid_connect::check,
-    build: openid_connect::build,
-}];
+pub const REGISTRY: &[PluginKind] = &[
+    PluginKind {
+        name: "cors",
+        priority: 4000,
+        check: cors::check,
+        build: cors::build,
+    },
+    PluginKind {
+        name: "openid-connect",
+        priority: 2599,
+        check: openid_connect::check,
+        build: openid_connect::build,
+    },
+];
 
 pub fn find(name: &str) -> Option<&'static PluginKind> {
     REGISTRY.iter().find(|p| p.name == name)

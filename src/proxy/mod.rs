@@ -418,11 +418,11 @@ fn build_client(connect: Duration) -> awc::Client {
         .finish()
 }
 
-/// Adds plugin-set response headers: cookies are added, anything else
-/// replaces what the upstream sent.
+/// Adds plugin-set response headers: cookies and `Vary` are added to the
+/// upstream's, anything else replaces what the upstream sent.
 fn append_all(to: &mut header::HeaderMap, from: &header::HeaderMap) {
     for name in from.keys() {
-        if name != header::SET_COOKIE {
+        if name != header::SET_COOKIE && name != header::VARY {
             to.remove(name);
         }
     }

@@ -1,0 +1,79 @@
+//! Remembers JWTs that passed verification, so a token seen again skips
+//! the signature check until it expires.
+//!
+//! Keyed by the SHA-256 of the token. An entry records the key-set
+//! generation it was verified against; when the provider's keys change
+//! (rotation, a key removed) the entry no longer counts and the token is
+//! verified afresh, so a removed key stops working as soon as the key set
+//! is refreshed. Time claims are re-checked on every hit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+use moka::Expiry;
+
+use super::jwt::{now_secs, Claims};
+
+/// Most verified tokens remembered per plugin configuration.
+pub const CAPACITY: u64 = 100_000;
+
+/// A token that passed every check.
+#[derive(Clone)]
+pub struct Verified {
+    pub claims: Arc<Claims>,
+    /// Unix seconds; the entry is useless after it.
+    pub exp: u64,
+    /// The key-set generation it was verified with (0 for a fixed key).
+    pub generation: u64,
+}
+
+struct UntilExp;
+
+impl Expiry<[u8; 32], Verified> for UntilExp {
+    fn expire_after_create(
+        &self,
+        _: &[u8; 32],
+        v: &Verified,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(v.exp.saturating_sub(now_secs())))
+    }
+}
+
+pub struct VerifiedCache {
+    cache: Cache<[u8; 32], Verified>,
+}
+
+impl Default for VerifiedCache {
+    fn default() -> Self {
+        VerifiedCache {
+            cache: Cache::builder()
+                .max_capacity(CAPACITY)
+                .expire_after(UntilExp)
+                .build(),
+        }
+    }
+}
+
+impl VerifiedCache {
+    /// The claims of `token` if it was verified with key-set `generation`
+    /// and has not expired (`leeway` seconds allowed, as at verification).
+    pub async fn get(&self, token: &str, generation: u64, leeway: u64) -> Option<Arc<Claims>> {
+        let hit = self.cache.get(&super::token_hash(token)).await?;
+        (hit.generation == generation && now_secs() < hit.exp + leeway).then_some(hit.claims)
+    }
+
+    /// Remembers a verified token.
+    pub async fn insert(&self, token: &str, claims: Arc<Claims>, generation: u64) {
+        let Some(exp) = claims.get("exp").and_then(serde_json::Value::as_u64) else {
+            return;
+        };
+        let entry = Verified {
+            claims,
+            exp,
+            generation,
+        };
+        self.cache.insert(super::token_hash(token), entry).await;
+    }
+}
