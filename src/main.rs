@@ -1,6 +1,8 @@
 //! The `portcullis` binary: parse settings, set up logging, serve.
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use portcullis::config::{Cli, Command, Config, LogFormat};
 
@@ -35,7 +37,7 @@ fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::env::var_os("NO_COLOR").is_none());
+        .with_ansi(std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal());
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
