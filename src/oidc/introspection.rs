@@ -3,7 +3,8 @@
 //! Only a reply whose `active` is the JSON value `true` grants access.
 //! Active replies are cached, keyed by the SHA-256 of the token, until
 //! `min(exp, introspection_interval)`; a reply without `exp` is not
-//! cached. Inactive replies and failures are never cached, so they can
+//! cached, one whose `exp` has passed or is not a number is refused.
+//! Inactive replies and failures are never cached, so they can
 //! never turn into access later. Concurrent requests carrying the same
 //! uncached token wait for one call to the provider.
 
@@ -146,14 +147,19 @@ impl Introspector {
         }
 
         // Trust it until it expires, capped by the configured interval.
+        // `exp` is a NumericDate: fractional or negative values count too,
+        // and one that is not a number at all is refused, not ignored.
         let now = super::jwt::now_secs();
-        let until_exp = reply
-            .get("exp")
-            .and_then(Value::as_u64)
-            .map(|exp| exp.saturating_sub(now));
-        if until_exp == Some(0) {
+        let exp = match reply.get("exp") {
+            None => None,
+            Some(v) => Some(v.as_f64().ok_or_else(|| {
+                AuthError::InvalidToken("invalid token: 'exp' is not a number".into())
+            })?),
+        };
+        if exp.is_some_and(|e| e <= now as f64) {
             return Err(AuthError::InvalidToken("invalid token: expired".into()));
         }
+        let until_exp = exp.map(|e| (e - now as f64) as u64);
         let secs = match (until_exp, self.interval) {
             (None, _) => 0,
             (Some(e), 0) => e,

@@ -1,6 +1,9 @@
 //! Black-box integration tests: one binary, tests grouped in modules.
 
 mod admin_api;
+mod bearer;
+mod browser;
+mod cors;
 mod proxy;
 mod support;
 mod support_selftest;

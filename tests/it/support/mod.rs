@@ -4,7 +4,11 @@
 // Not every test uses every helper.
 #![allow(dead_code, unused_imports)]
 
+pub mod fault_idp;
+pub mod fault_op;
 pub mod gateway;
+pub mod idp;
+pub mod ok_upstream;
 pub mod raw;
 pub mod upstream;
 
@@ -12,9 +16,13 @@ use std::net::TcpListener;
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub use fault_idp::FaultIdp;
+pub use fault_op::FaultOp;
 pub use gateway::{
     Gateway, GatewayOpts, Resp, StartFailure, DEFAULT_ADMIN_KEY, READY_TIMEOUT, STOP_TIMEOUT,
 };
+pub use idp::Idp;
+pub use ok_upstream::OkUpstream;
 pub use raw::{
     parse_responses, raw_request, raw_request_parts, raw_request_timeout, raw_responses_count,
     RawPart, RawResponse,
