@@ -3,9 +3,12 @@
 //! Bearer mode (this file): the token in `Authorization: Bearer …` is
 //! verified locally against the provider's keys (`public_key` or
 //! `use_jwks`) or by introspection, then the request goes upstream with the
-//! identity in `X-Access-Token` and `X-Userinfo`. Browser sign-in fields
-//! are accepted and stored; the authorization-code flow is not implemented
-//! yet, so a request without a token is refused.
+//! identity in `X-Access-Token` and `X-Userinfo`. Tokens that passed local
+//! verification are remembered until they expire, so a token seen again
+//! costs a hash lookup instead of a signature check.
+//!
+//! With `bearer_only: false`, a request without a bearer token goes
+//! through the browser sign-in flow (`oidc_browser.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +29,7 @@ use crate::model::check::{self, opt, Checked};
 use crate::oidc::introspection::{ClientAuth, Introspector};
 use crate::oidc::jwt::{self, Claims, Rules};
 use crate::oidc::provider::Provider;
+use crate::oidc::verified::VerifiedCache;
 use crate::oidc::{short_hash, AuthError};
 
 /// Configuration of `openid-connect` (APISIX's schema; defaults noted).
@@ -278,8 +282,10 @@ pub fn check(v: &Value) -> Checked {
             .and_then(Value::as_bool)
             .unwrap_or(false);
     let pkce = obj.get("use_pkce").and_then(Value::as_bool).unwrap_or(true);
-    let exempt = if bearer_only { local } else { pkce };
-    if !obj.contains_key("client_secret") && !exempt {
+    // Introspection always authenticates the client; so does the code flow
+    // without PKCE.
+    let needs_secret = !local || (!bearer_only && !pkce);
+    if !obj.contains_key("client_secret") && needs_secret {
         return Err("property \"client_secret\" is required".into());
     }
     Ok(())
@@ -328,6 +334,8 @@ pub struct OpenIdConnect {
     provider: Provider,
     /// The sign-in flow, when `bearer_only` is false.
     browser: Option<BrowserFlow>,
+    /// Locally verified tokens, until they expire.
+    verified: VerifiedCache,
     verifier: Verifier,
     /// `Bearer realm="…"`, prebuilt.
     challenge: HeaderValue,
@@ -368,6 +376,7 @@ pub fn build(v: &Value, env: &super::PluginEnv) -> Result<Arc<dyn Plugin>, Strin
     });
     Ok(Arc::new(OpenIdConnect {
         browser,
+        verified: VerifiedCache::default(),
         provider: Provider::new(
             conf.discovery.clone(),
             timeout,
@@ -430,7 +439,8 @@ impl OpenIdConnect {
         let token = bearer_token(ctx.req)?.ok_or(Refusal::Missing)?;
 
         // Verify it and learn its claims.
-        let claims = match &self.verifier {
+        let leeway = self.conf.access_token_expires_leeway;
+        let claims: Arc<Claims> = match &self.verifier {
             Verifier::Introspection(intro) => {
                 let endpoint = match &intro.endpoint {
                     Some(e) => e.clone(),
@@ -451,45 +461,65 @@ impl OpenIdConnect {
                     .introspect(ctx.client, &endpoint, token)
                     .await
                     .map_err(Refusal::Invalid)?;
-                (*active.reply).clone()
+                active.reply
             }
-            Verifier::Pem(key, algs) => {
-                let head = jwt::header(token).map_err(Refusal::Invalid)?;
-                self.check_alg(head.alg, algs)?;
-                let issuers = self.issuers(ctx.client).await?;
-                self.verify(token, head.alg, key, &issuers)?
-            }
+            Verifier::Pem(key, algs) => match self.verified.get(token, 0, leeway).await {
+                Some(claims) => claims,
+                None => {
+                    let head = jwt::header(token).map_err(Refusal::Invalid)?;
+                    self.check_alg(head.alg, algs)?;
+                    let issuers = self.issuers(ctx.client).await?;
+                    let claims = Arc::new(self.verify(token, head.alg, key, &issuers)?);
+                    self.verified.insert(token, claims.clone(), 0).await;
+                    claims
+                }
+            },
             Verifier::Jwks => {
-                let head = jwt::header(token).map_err(Refusal::Invalid)?;
-                self.check_alg(head.alg, &[head.alg])?;
-                let keys = self
+                // A token verified with the current key set needs no
+                // second signature check.
+                let generation = self
                     .provider
-                    .keys(ctx.client, head.kid.as_deref())
+                    .keys(ctx.client, None)
                     .await
-                    .map_err(Refusal::Invalid)?;
-                let jwk = match &head.kid {
-                    Some(kid) => keys.set.find(kid),
-                    // No kid: only unambiguous when one key fits.
-                    None => {
-                        let mut fitting = keys
-                            .set
-                            .keys
-                            .iter()
-                            .filter(|k| jwt::alg_fits_jwk(head.alg, k));
-                        match (fitting.next(), fitting.next()) {
-                            (Some(k), None) => Some(k),
-                            _ => None,
+                    .map_or(u64::MAX, |k| k.generation);
+                if let Some(claims) = self.verified.get(token, generation, leeway).await {
+                    claims
+                } else {
+                    let head = jwt::header(token).map_err(Refusal::Invalid)?;
+                    self.check_alg(head.alg, &[head.alg])?;
+                    let keys = self
+                        .provider
+                        .keys(ctx.client, head.kid.as_deref())
+                        .await
+                        .map_err(Refusal::Invalid)?;
+                    let jwk = match &head.kid {
+                        Some(kid) => keys.set.find(kid),
+                        // No kid: only unambiguous when one key fits.
+                        None => {
+                            let mut fitting = keys
+                                .set
+                                .keys
+                                .iter()
+                                .filter(|k| jwt::alg_fits_jwk(head.alg, k));
+                            match (fitting.next(), fitting.next()) {
+                                (Some(k), None) => Some(k),
+                                _ => None,
+                            }
                         }
                     }
+                    .ok_or_else(|| invalid("jwt signature verification failed: no matching key"))?;
+                    if !jwt::alg_fits_jwk(head.alg, jwk) {
+                        return Err(invalid("token is signed by unexpected algorithm"));
+                    }
+                    let key = DecodingKey::from_jwk(jwk)
+                        .map_err(|_| invalid("jwt signature verification failed: unusable key"))?;
+                    let issuers = self.issuers(ctx.client).await?;
+                    let claims = Arc::new(self.verify(token, head.alg, &key, &issuers)?);
+                    self.verified
+                        .insert(token, claims.clone(), keys.generation)
+                        .await;
+                    claims
                 }
-                .ok_or_else(|| invalid("jwt signature verification failed: no matching key"))?;
-                if !jwt::alg_fits_jwk(head.alg, jwk) {
-                    return Err(invalid("token is signed by unexpected algorithm"));
-                }
-                let key = DecodingKey::from_jwk(jwk)
-                    .map_err(|_| invalid("jwt signature verification failed: unusable key"))?;
-                let issuers = self.issuers(ctx.client).await?;
-                self.verify(token, head.alg, &key, &issuers)?
             }
         };
 
