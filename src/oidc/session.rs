@@ -60,11 +60,44 @@ pub struct Lifetimes {
     pub absolute: u64,
 }
 
+/// How long a session id replaced by the rolling timeout keeps working:
+/// requests the browser sent before it saw the new cookie (a page's
+/// parallel API calls) must not find themselves signed out.
+pub const ROTATED_GRACE: u64 = 10;
+
+/// Where a session record lives in the store (the hash of its id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionKey(String);
+
+impl SessionKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What the old id of a rotated session holds during [`ROTATED_GRACE`].
+#[derive(Debug, Serialize, Deserialize)]
+struct Moved {
+    moved_to: String,
+    until: u64,
+}
+
 /// What a session lookup found.
 pub enum Lookup {
     Missing,
     Expired,
-    Live(Box<Session>),
+    /// The session and where it lives now (not the id's own record when
+    /// the id was rotated out a moment ago).
+    Live(Box<Session>, SessionKey),
+}
+
+/// What a callback's `state` found.
+pub enum TakeLogin {
+    /// Never issued, expired or already used.
+    Unknown,
+    /// Issued to another browser or for another configuration; left alone.
+    NotThisBrowser,
+    Taken(Box<PendingLogin>),
 }
 
 pub struct SessionStore {
@@ -109,11 +142,33 @@ impl SessionStore {
         Ok(())
     }
 
-    /// Takes the login for `state` out of the store: it can be used once.
-    pub fn take_login(&self, state: &str) -> Option<PendingLogin> {
-        let raw = self.tree.remove(Self::key("l", state)).ok()??;
-        let login: PendingLogin = serde_json::from_slice(&raw).ok()?;
-        (now_secs() <= login.created_at + LOGIN_TTL).then_some(login)
+    /// Takes the login for `state` out of the store when it belongs to
+    /// `owner` and to the browser whose login-cookie hash is `browser`: it
+    /// can be used once, even by concurrent callbacks. A callback from
+    /// another browser or for another configuration leaves it in place, so
+    /// someone who learnt the state cannot spoil the real sign-in.
+    pub fn take_login(&self, state: &str, owner: &str, browser: Option<&str>) -> TakeLogin {
+        let key = Self::key("l", state);
+        let Some(raw) = self.tree.get(&key).ok().flatten() else {
+            return TakeLogin::Unknown;
+        };
+        let login = match serde_json::from_slice::<PendingLogin>(&raw) {
+            Ok(l) if now_secs() <= l.created_at + LOGIN_TTL => l,
+            _ => {
+                let _ = self.tree.remove(&key);
+                return TakeLogin::Unknown;
+            }
+        };
+        if login.owner != owner || browser != Some(login.browser.as_str()) {
+            return TakeLogin::NotThisBrowser;
+        }
+        match self
+            .tree
+            .compare_and_swap(&key, Some(raw), None::<sled::IVec>)
+        {
+            Ok(Ok(())) => TakeLogin::Taken(Box::new(login)),
+            _ => TakeLogin::Unknown,
+        }
     }
 
     /// Stores a new session and returns its id (the cookie value).
@@ -124,33 +179,61 @@ impl SessionStore {
         Ok(id)
     }
 
-    /// Replaces the record of session `id`.
-    pub fn update(&self, id: &str, session: &Session) -> Result<(), String> {
-        self.put(&Self::key("s", id), session)
+    /// Replaces the session record at `key`.
+    pub fn update(&self, key: &SessionKey, session: &Session) -> Result<(), String> {
+        self.put(&key.0, session)
     }
 
-    /// Finds a live session, removing it when its time is up.
+    /// Finds a live session, removing it when its time is up. The old id
+    /// of a rotated session still finds it for [`ROTATED_GRACE`] seconds.
     pub fn lookup(&self, id: &str) -> Lookup {
         let key = Self::key("s", id);
-        let Some(session) = self.get::<Session>(&key) else {
+        let Some(raw) = self.tree.get(&key).ok().flatten() else {
             return Lookup::Missing;
         };
-        if is_expired(&session, now_secs()) {
-            let _ = self.tree.remove(&key);
+        let now = now_secs();
+        let (session, at) = match serde_json::from_slice::<Session>(&raw) {
+            Ok(s) => (s, key),
+            Err(_) => match serde_json::from_slice::<Moved>(&raw) {
+                Ok(m) if now <= m.until => match self.get::<Session>(&m.moved_to) {
+                    Some(s) => (s, m.moved_to),
+                    None => return Lookup::Missing,
+                },
+                _ => {
+                    let _ = self.tree.remove(&key);
+                    return Lookup::Missing;
+                }
+            },
+        };
+        if is_expired(&session, now) {
+            let _ = self.tree.remove(&at);
             return Lookup::Expired;
         }
-        Lookup::Live(Box::new(session))
+        Lookup::Live(Box::new(session), SessionKey(at))
     }
 
-    /// Gives session `id` a new id (rolling timeout); returns the new id.
-    pub fn rotate(&self, id: &str, session: &Session) -> Result<String, String> {
+    /// Gives the session at `key` a new id (rolling timeout) and returns
+    /// it; the old id keeps pointing at it for [`ROTATED_GRACE`] seconds.
+    pub fn rotate(&self, key: &SessionKey, session: &Session) -> Result<String, String> {
         let new_id = random_token();
-        self.put(&Self::key("s", &new_id), session)?;
-        let _ = self.tree.remove(Self::key("s", id));
+        let new_key = Self::key("s", &new_id);
+        self.put(&new_key, session)?;
+        let moved = Moved {
+            moved_to: new_key,
+            until: now_secs() + ROTATED_GRACE,
+        };
+        self.put(&key.0, &moved)?;
         Ok(new_id)
     }
 
-    pub async fn destroy(&self, id: &str) {
+    /// Removes the session at `key`.
+    pub async fn destroy(&self, key: &SessionKey) {
+        let _ = self.tree.remove(key.0.as_bytes());
+        let _ = self.tree.flush_async().await;
+    }
+
+    /// Removes whatever id `id` names: a session or a rotated-out alias.
+    pub async fn destroy_id(&self, id: &str) {
         let _ = self.tree.remove(Self::key("s", id));
         let _ = self.tree.flush_async().await;
     }
@@ -162,7 +245,10 @@ impl SessionStore {
         for item in self.tree.iter().flatten() {
             let (k, v) = item;
             let dead = if k.starts_with(b"s/") {
-                serde_json::from_slice::<Session>(&v).map_or(true, |s| is_expired(&s, now))
+                match serde_json::from_slice::<Session>(&v) {
+                    Ok(s) => is_expired(&s, now),
+                    Err(_) => serde_json::from_slice::<Moved>(&v).map_or(true, |m| now > m.until),
+                }
             } else if k.starts_with(b"l/") {
                 serde_json::from_slice::<PendingLogin>(&v)
                     .map_or(true, |l| now > l.created_at + LOGIN_TTL)
@@ -180,4 +266,107 @@ impl SessionStore {
 fn is_expired(s: &Session, now: u64) -> bool {
     (s.limits.idling > 0 && now > s.last_seen + s.limits.idling)
         || (s.limits.absolute > 0 && now > s.created_at + s.limits.absolute)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn store() -> SessionStore {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        SessionStore::new(db.open_tree("sessions").unwrap())
+    }
+
+    fn session() -> Session {
+        let now = now_secs();
+        Session {
+            owner: "o".into(),
+            access_token: "at".into(),
+            access_expires_at: Some(now + 60),
+            refresh_token: None,
+            id_token: "it".into(),
+            id_claims: Map::new(),
+            userinfo: None,
+            created_at: now,
+            last_seen: now,
+            rolled_at: now,
+            limits: Lifetimes {
+                idling: 900,
+                rolling: 3600,
+                absolute: 86400,
+            },
+        }
+    }
+
+    #[test]
+    fn a_rotated_id_works_for_a_grace_period_then_not() {
+        let store = store();
+        let old = block_on(store.create(&session())).unwrap();
+        let Lookup::Live(s, key) = store.lookup(&old) else {
+            panic!("new session not found")
+        };
+        let new = store.rotate(&key, &s).unwrap();
+        let Lookup::Live(_, via_old) = store.lookup(&old) else {
+            panic!("the old id stops working at once")
+        };
+        let Lookup::Live(_, via_new) = store.lookup(&new) else {
+            panic!("the new id does not work")
+        };
+        assert_eq!(via_old, via_new, "both name the same record");
+        assert_ne!(via_old, key);
+
+        // Once the grace has passed the old id is gone.
+        let moved = Moved {
+            moved_to: via_new.0.clone(),
+            until: now_secs() - 1,
+        };
+        store.put(&key.0, &moved).unwrap();
+        assert!(matches!(store.lookup(&old), Lookup::Missing));
+        assert!(matches!(store.lookup(&new), Lookup::Live(..)));
+        assert_eq!(store.sweep(), 0, "the alias went at lookup");
+    }
+
+    #[test]
+    fn logins_are_single_use_and_bound_to_browser_and_owner() {
+        let store = store();
+        let login = PendingLogin {
+            owner: "o".into(),
+            nonce: "n".into(),
+            pkce_verifier: None,
+            original_url: "/".into(),
+            redirect_uri: "http://h/cb".into(),
+            browser: hash_hex("b"),
+            created_at: now_secs(),
+        };
+        block_on(store.start_login("st", &login)).unwrap();
+        let b = hash_hex("b");
+        let other = hash_hex("other");
+        assert!(matches!(
+            store.take_login("st", "o", Some(&other)),
+            TakeLogin::NotThisBrowser
+        ));
+        assert!(matches!(
+            store.take_login("st", "o", None),
+            TakeLogin::NotThisBrowser
+        ));
+        assert!(matches!(
+            store.take_login("st", "p", Some(&b)),
+            TakeLogin::NotThisBrowser
+        ));
+        assert!(matches!(
+            store.take_login("st", "o", Some(&b)),
+            TakeLogin::Taken(_)
+        ));
+        assert!(matches!(
+            store.take_login("st", "o", Some(&b)),
+            TakeLogin::Unknown
+        ));
+    }
 }

@@ -30,12 +30,15 @@ use crate::oidc::introspection::ClientAuth;
 use crate::oidc::jwt::now_secs;
 use crate::oidc::provider::Provider;
 use crate::oidc::session::{
-    hash_hex, random_token, Lifetimes, Lookup, PendingLogin, Session, SessionStore,
+    hash_hex, random_token, Lifetimes, Lookup, PendingLogin, Session, SessionKey, SessionStore,
+    TakeLogin,
 };
 use crate::oidc::{short_hash, AuthError};
 
 /// Default session cookie name.
 pub const DEFAULT_COOKIE: &str = "portcullis_session";
+/// Suffix of APISIX's default `redirect_uri`.
+const DEFAULT_CALLBACK: &str = "/.apisix/redirect";
 /// How long the access token is assumed valid when the provider does not
 /// say (`expires_in` missing and no `access_token_expires_in`).
 const DEFAULT_ACCESS_LIFETIME: u64 = 3600;
@@ -298,13 +301,17 @@ impl BrowserFlow {
     }
 
     /// `redirect_uri` as configured, else APISIX's default derived from the
-    /// request: `<scheme>://<host><path without trailing />/.apisix/redirect`.
+    /// request: `<scheme>://<host><path without trailing />/.apisix/redirect`,
+    /// or the request's own path when it already is such a callback.
     fn redirect_uri(&self, ctx: &Ctx<'_>) -> String {
         match &self.redirect_uri {
             Some(u) if u.starts_with('/') => format!("{}{u}", origin(ctx)),
             Some(u) => u.clone(),
+            None if ctx.path.ends_with(DEFAULT_CALLBACK) => {
+                format!("{}{}", origin(ctx), ctx.path)
+            }
             None => format!(
-                "{}{}/.apisix/redirect",
+                "{}{}{DEFAULT_CALLBACK}",
                 origin(ctx),
                 ctx.path.trim_end_matches('/')
             ),
@@ -347,7 +354,7 @@ impl BrowserFlow {
         provider: &Provider,
         redirect_uri: &str,
     ) -> HttpResponse {
-        let discovery = match provider.discovery(ctx.client).await {
+        let discovery = match trusted_discovery(provider, ctx.client).await {
             Ok(d) => d,
             Err(e) => return unavailable(&e),
         };
@@ -429,26 +436,34 @@ impl BrowserFlow {
         let Some(state) = param("state").filter(|s| !s.is_empty()) else {
             return fail(StatusCode::BAD_REQUEST, "the callback has no state");
         };
-        let Some(login) = self.sessions.take_login(&state) else {
-            return fail(
-                StatusCode::BAD_REQUEST,
-                "unknown, expired or already used state",
-            );
-        };
+        // A state of another browser or route is refused and left alone:
+        // whoever learnt it cannot spoil the real sign-in (attack kind K13).
         let browser = ctx
             .req
             .cookie(&self.login_cookie_name())
             .map(|c| hash_hex(c.value()));
-        if login.owner != self.owner || browser.as_deref() != Some(login.browser.as_str()) {
-            return fail(
-                StatusCode::BAD_REQUEST,
-                "the sign-in was started by another browser",
-            );
-        }
+        let login = match self
+            .sessions
+            .take_login(&state, &self.owner, browser.as_deref())
+        {
+            TakeLogin::Taken(login) => *login,
+            TakeLogin::Unknown => {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    "unknown, expired or already used state",
+                )
+            }
+            TakeLogin::NotThisBrowser => {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    "the sign-in was started by another browser",
+                )
+            }
+        };
         if login.redirect_uri != redirect_uri {
             return fail(StatusCode::BAD_REQUEST, "redirect_uri mismatch");
         }
-        let discovery = match provider.discovery(ctx.client).await {
+        let discovery = match trusted_discovery(provider, ctx.client).await {
             Ok(d) => d,
             Err(e) => return unavailable(&e),
         };
@@ -567,7 +582,8 @@ impl BrowserFlow {
             .insert_header((header::LOCATION, login.original_url))
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .cookie(self.cookie(ctx, self.cookie_name.clone(), id, self.cookie_max_age()))
-            .cookie(self.cookie(ctx, self.login_cookie_name(), String::new(), Some(0)))
+            // The login cookie stays until it expires: other tabs of this
+            // browser may have sign-ins under way that need it.
             .finish()
     }
 
@@ -583,8 +599,8 @@ impl BrowserFlow {
         provider: &Provider,
         common: &Common<'_>,
     ) -> Option<Arc<Session>> {
-        let mut session = match self.sessions.lookup(id) {
-            Lookup::Live(s) if s.owner == self.owner => *s,
+        let (mut session, key) = match self.sessions.lookup(id) {
+            Lookup::Live(s, key) if s.owner == self.owner => (*s, key),
             _ => return None,
         };
         let now = now_secs();
@@ -595,22 +611,22 @@ impl BrowserFlow {
             .is_some_and(|at| at <= now + common.leeway)
         {
             if !self.renew || session.refresh_token.is_none() {
-                self.sessions.destroy(id).await;
+                self.sessions.destroy(&key).await;
                 return None;
             }
-            let key = format!("{}:{}", hash_hex(id), hash_hex(&session.access_token));
+            let share = format!("{}:{}", key.as_str(), hash_hex(&session.access_token));
             let refreshed = self
                 .refreshes
                 .try_get_with(
-                    key,
-                    self.refresh(ctx.client, provider, common, id, session.clone()),
+                    share,
+                    self.refresh(ctx.client, provider, common, &key, session.clone()),
                 )
                 .await;
             match refreshed {
                 Ok(s) => session = (*s).clone(),
                 Err(e) => {
                     tracing::info!(route.id = %ctx.route_id, session.hash = %short_hash(id), error = %e, "refresh failed; session ended");
-                    self.sessions.destroy(id).await;
+                    self.sessions.destroy(&key).await;
                     return None;
                 }
             }
@@ -620,7 +636,7 @@ impl BrowserFlow {
         if self.limits.rolling > 0 && now > session.rolled_at + self.limits.rolling {
             session.rolled_at = now;
             session.last_seen = now;
-            if let Ok(new_id) = self.sessions.rotate(id, &session) {
+            if let Ok(new_id) = self.sessions.rotate(&key, &session) {
                 let c = self.cookie(ctx, self.cookie_name.clone(), new_id, self.cookie_max_age());
                 if let Ok(v) = HeaderValue::from_str(&c.to_string()) {
                     ctx.response_headers.append(header::SET_COOKIE, v);
@@ -628,7 +644,7 @@ impl BrowserFlow {
             }
         } else if now >= session.last_seen + TOUCH_EVERY {
             session.last_seen = now;
-            let _ = self.sessions.update(id, &session);
+            let _ = self.sessions.update(&key, &session);
         }
         Some(Arc::new(session))
     }
@@ -638,10 +654,10 @@ impl BrowserFlow {
         client: &awc::Client,
         provider: &Provider,
         common: &Common<'_>,
-        id: &str,
+        key: &SessionKey,
         mut session: Session,
     ) -> Result<Arc<Session>, AuthError> {
-        let discovery = provider.discovery(client).await?;
+        let discovery = trusted_discovery(provider, client).await?;
         let refresh_token = session.refresh_token.clone().unwrap_or_default();
         let tokens = code_flow::refresh(
             client,
@@ -684,7 +700,7 @@ impl BrowserFlow {
         }
         session.last_seen = now;
         self.sessions
-            .update(id, &session)
+            .update(key, &session)
             .map_err(AuthError::ProviderUnavailable)?;
         Ok(Arc::new(session))
     }
@@ -738,15 +754,18 @@ impl BrowserFlow {
         {
             Some(id) => {
                 let found = match self.sessions.lookup(&id) {
-                    Lookup::Live(s) if s.owner == self.owner => Some(*s),
+                    Lookup::Live(s, key) => {
+                        self.sessions.destroy(&key).await;
+                        (s.owner == self.owner).then_some(*s)
+                    }
                     _ => None,
                 };
-                self.sessions.destroy(&id).await;
+                self.sessions.destroy_id(&id).await;
                 found
             }
             None => None,
         };
-        let discovery = provider.discovery(ctx.client).await.ok();
+        let discovery = trusted_discovery(provider, ctx.client).await.ok();
         if let (Some(s), Some(d)) = (&session, &discovery) {
             if self.revoke_on_logout {
                 if let Some(ep) = &d.revocation_endpoint {
@@ -845,10 +864,47 @@ fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
-/// `scheme://host` of the request as the browser sees it.
+/// `scheme://host` of the request: the scheme of this connection and the
+/// `Host` header (else the request target's authority), as APISIX's
+/// `$scheme://$host`. Forwarding headers (`Forwarded`, `X-Forwarded-Host`,
+/// `X-Forwarded-Proto`) are the client's to choose and never decide where
+/// the provider sends codes (attack kind K14); behind a TLS-terminating
+/// proxy, configure an absolute `redirect_uri`.
 fn origin(ctx: &Ctx<'_>) -> String {
-    let info = ctx.req.connection_info();
-    format!("{}://{}", info.scheme(), info.host())
+    let scheme = if ctx.req.app_config().secure() {
+        "https"
+    } else {
+        "http"
+    };
+    let host = ctx
+        .req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned)
+        .or_else(|| ctx.req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| ctx.req.app_config().host().to_owned());
+    format!("{scheme}://{host}")
+}
+
+/// The provider's discovery document, when its issuer is the one its URL
+/// names (OpenID Connect Discovery §4.3). Otherwise the sign-in flow stops
+/// before sending anyone to the provider: ID tokens are checked against
+/// that issuer, so a document that names another one cannot be trusted.
+async fn trusted_discovery(
+    provider: &Provider,
+    client: &awc::Client,
+) -> Result<Arc<crate::oidc::provider::Discovery>, AuthError> {
+    let d = provider.discovery(client).await?;
+    if d.issuer_matches_url {
+        Ok(d)
+    } else {
+        Err(AuthError::ProviderUnavailable(format!(
+            "the discovery document names the issuer {:?}, not its own URL's",
+            d.issuer
+        )))
+    }
 }
 
 /// The path part of an absolute URL or a path.

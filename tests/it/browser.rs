@@ -1963,3 +1963,73 @@ fn rp_refreshed_id_tokens_are_checked_and_a_bad_one_ends_the_session() {
         "no userinfo after refresh"
     );
 }
+
+#[test]
+fn a_rolling_session_id_change_does_not_sign_out_requests_already_under_way() {
+    let env = env_with(
+        GatewayOpts::new(),
+        json!({}),
+        json!({"session": {"rolling_timeout": 1}}),
+    );
+    let mut b = Browser::new();
+    env.login(&mut b, "/app/p", "alice");
+    let old = b.cookie(COOKIE).unwrap();
+    thread::sleep(Duration::from_secs(2));
+
+    // A page's parallel requests, all sent with the cookie the browser had.
+    let url = env.url("/app/p");
+    let cookie = format!("{COOKIE}={old}");
+    let results: Vec<Resp> = thread::scope(|s| {
+        let handles: Vec<_> = (0..10)
+            .map(|_| {
+                let (url, cookie) = (url.clone(), cookie.clone());
+                s.spawn(move || {
+                    let h = [("Cookie", cookie.as_str()), ("Accept", "application/json")];
+                    http_request(&agent(), "GET", &url, &h, None).expect("request")
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut new_ids = Vec::new();
+    for r in &results {
+        assert_eq!(r.status, 200, "{:?} {}", r.headers, r.body);
+        if let Some(line) = set_cookie(r.header_all("set-cookie"), COOKIE) {
+            assert!(!clears(line));
+            new_ids.push(cookie_value(line).to_string());
+        }
+    }
+    assert!(!new_ids.is_empty(), "the session id was rolled");
+    assert!(new_ids.iter().all(|id| *id != old));
+    // The new id works; so does the old one, for a short grace only.
+    for id in new_ids.iter().chain([&old]) {
+        let r = raw_get(&env.gw, "/app/p", Some(&format!("{COOKIE}={id}")));
+        assert_eq!(r.status, 200, "{}", r.body_text());
+    }
+}
+
+#[test]
+fn rp_an_authorization_response_from_another_issuer_is_refused_before_the_token_call() {
+    let env = fop_env(json!({}));
+    // The right issuer in the response: fine.
+    env.op.set_response_iss(Some(&env.op.base_url()));
+    let mut b = Browser::new();
+    let cb = env.login(&mut b);
+    env.assert_accepted("iss = issuer", &mut b, &cb);
+    // issuer+1 (row 82, mix-up): refused, the code is never redeemed.
+    let tokens = env.op.hits("/token");
+    for bad in [
+        format!("{}1", env.op.base_url()),
+        format!("{}/", env.op.base_url()),
+    ] {
+        env.op.set_response_iss(Some(&bad));
+        let mut b = Browser::new();
+        let cb = env.login(&mut b);
+        env.assert_rejected(&format!("iss {bad}"), &mut b, &cb);
+        assert_eq!(
+            env.op.hits("/token"),
+            tokens,
+            "iss {bad}: token endpoint called"
+        );
+    }
+}

@@ -91,6 +91,8 @@ struct State {
     /// `expires_in` of every token response.
     expires_in: u64,
     require_pkce: bool,
+    /// `iss` added to the authorization response (RFC 9207), if any.
+    response_iss: Option<String>,
     codes: HashMap<String, Authz>,
     /// access token → sub
     access: HashMap<String, String>,
@@ -125,6 +127,7 @@ impl FaultOp {
             access_token_padding: 0,
             expires_in: 300,
             require_pkce: true,
+            response_iss: None,
             codes: HashMap::new(),
             access: HashMap::new(),
             refresh: HashMap::new(),
@@ -200,6 +203,12 @@ impl FaultOp {
     /// The `expires_in` of token responses from now on (default 300).
     pub fn set_expires_in(&self, secs: u64) {
         self.lock().expires_in = secs;
+    }
+
+    /// Adds `iss=<issuer>` to authorization responses from now on (RFC
+    /// 9207); `None` (the default) sends none.
+    pub fn set_response_iss(&self, issuer: Option<&str>) {
+        self.lock().response_iss = issuer.map(str::to_owned);
     }
 
     /// Whether `/token` checks the PKCE verifier (default true).
@@ -342,10 +351,13 @@ fn handle(mut req: Request, addr: SocketAddr, state: &Mutex<State>) {
                     let code = random();
                     s.codes.insert(code.clone(), authz);
                     let sep = if r.contains('?') { '&' } else { '?' };
-                    let state_param = params
+                    let mut state_param = params
                         .get("state")
                         .map(|st| format!("&state={}", percent_encode(st)))
                         .unwrap_or_default();
+                    if let Some(iss) = &s.response_iss {
+                        state_param.push_str(&format!("&iss={}", percent_encode(iss)));
+                    }
                     (
                         302,
                         String::new(),
