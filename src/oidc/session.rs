@@ -136,10 +136,10 @@ impl SessionStore {
     }
 
     /// Stores a new login under `state`.
+    /// Not flushed: a sign-in lost to a crash is only started again, and
+    /// anonymous visitors must not cost a disk sync each.
     pub async fn start_login(&self, state: &str, login: &PendingLogin) -> Result<(), String> {
-        self.put(&Self::key("l", state), login)?;
-        self.tree.flush_async().await.map_err(|e| e.to_string())?;
-        Ok(())
+        self.put(&Self::key("l", state), login)
     }
 
     /// Takes the login for `state` out of the store when it belongs to

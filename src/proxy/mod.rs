@@ -44,6 +44,8 @@ pub struct ProxyState {
 pub enum ProxyError {
     #[error("{0}")]
     BadPath(#[from] path::PathError),
+    #[error("request header fields too large")]
+    HeadersTooLarge,
     #[error("404 Route Not Found")]
     RouteNotFound,
     #[error("the route's service {0} does not exist")]
@@ -68,6 +70,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::RouteNotFound | ProxyError::ServiceMissing(_) => StatusCode::NOT_FOUND,
             ProxyError::UpstreamMissing(_)
             | ProxyError::UpstreamUnreachable
@@ -110,6 +113,9 @@ async fn forward(
     let peer = req
         .peer_addr()
         .map_or(IpAddr::from([127, 0, 0, 1]), |a| a.ip());
+
+    // Oversized headers are refused before anything looks at them.
+    check_header_sizes(req.headers())?;
 
     // Canonical path first: routing and every decision use it.
     let path = path::canonicalize(req.uri().path())?;
@@ -336,6 +342,25 @@ where
         out.append_header((k.clone(), v.clone()));
     }
     out.streaming(idle_timeout(resp, idle))
+}
+
+/// Largest single header value, as nginx's default `large_client_header_buffers`.
+pub const MAX_HEADER_VALUE: usize = 8 * 1024;
+/// Largest sum of all header names and values.
+pub const MAX_HEADERS_TOTAL: usize = 32 * 1024;
+
+fn check_header_sizes(headers: &header::HeaderMap) -> Result<(), ProxyError> {
+    let mut total = 0;
+    for (name, value) in headers {
+        if value.len() > MAX_HEADER_VALUE {
+            return Err(ProxyError::HeadersTooLarge);
+        }
+        total += name.as_str().len() + value.len();
+    }
+    if total > MAX_HEADERS_TOTAL {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    Ok(())
 }
 
 /// Ends a body stream with an error when no chunk arrives for `idle`.

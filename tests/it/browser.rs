@@ -1368,9 +1368,6 @@ fn unfinished_sign_ins_share_one_login_cookie_and_each_can_still_finish_k15() {
 }
 
 #[test]
-#[ignore = "needs a request-header size limit in the proxy listener (src/lib.rs or \
-            src/proxy): only actix's 128 KB head limit applies today, so a 100 KB \
-            Cookie header is accepted (302)"]
 fn a_100_kb_cookie_header_is_refused_k15() {
     let env = env();
     let big = "a".repeat(100 * 1024);
