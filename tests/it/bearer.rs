@@ -28,7 +28,7 @@ use crate::support::fault_idp::{
 };
 use crate::support::{
     free_port, raw_request, raw_request_timeout, wait_until, EchoUpstream, FaultIdp, Gateway, Idp,
-    OkUpstream, RawPart, Recorded, Resp, DEFAULT_ADMIN_KEY,
+    RawPart, Recorded, Resp, DEFAULT_ADMIN_KEY,
 };
 
 const CLIENT_ID: &str = "gw-client";
@@ -1144,17 +1144,9 @@ fn k09_unknown_kid_refetches_once_and_full_rotation_is_picked_up() {
     // RP test 20 on a second provider: every key replaced (new kids) right
     // after the first fetch; 20 concurrent tokens with the new kid → one
     // fetch, all accepted.
-    // (The burst goes to an upstream that copes with bursts; see OkUpstream.)
     let rot = FaultIdp::start();
-    let burst = OkUpstream::start();
-    b.gw.put_route(
-        "rot",
-        json!({
-            "uri": "/rot/*",
-            "plugins": {"openid-connect": jwks_conf(&rot.discovery_url())},
-            "upstream": {"type": "roundrobin", "nodes": {burst.node(): 1}},
-        }),
-    );
+    b.route("rot", "/rot/*", jwks_conf(&rot.discovery_url()));
+    b.up.clear();
     let c = claims(&rot);
     let warm = tok(&K1, "k1", &c);
     assert_eq!(b.bearer("/rot/x", &warm).status, 200);
@@ -1184,7 +1176,7 @@ fn k09_unknown_kid_refetches_once_and_full_rotation_is_picked_up() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    assert_eq!(burst.count(), 21);
+    assert_eq!(b.up.count(), 21);
     assert_eq!(rot.hits(JWKS_PATH), 2, "one fetch for the whole burst");
     // The retired key is gone after that fetch.
     b.invalid("/rot/x", &tok(&K1, "k1", &c), "retired key");
@@ -1594,17 +1586,9 @@ fn introspection_counts_one_call_per_token_sequential_and_concurrent() {
     let idp = Idp::start();
     let b = Bench::start();
     b.route("intro", "/intro/*", intro_conf(&idp.discovery_url(), None));
-    // The same plugin configuration (so the same plugin and cache) in front
-    // of an upstream that copes with bursts (see OkUpstream).
-    let burst = OkUpstream::start();
-    b.gw.put_route(
-        "burst",
-        json!({
-            "uri": "/burst/*",
-            "plugins": {"openid-connect": intro_conf(&idp.discovery_url(), None)},
-            "upstream": {"type": "roundrobin", "nodes": {burst.node(): 1}},
-        }),
-    );
+    // The same plugin configuration (so the same plugin and cache) on a
+    // second route, for the burst.
+    b.route("burst", "/burst/*", intro_conf(&idp.discovery_url(), None));
     let token = real_opaque(&idp);
     b.note(&token);
     idp.reset_stats();
@@ -1643,7 +1627,7 @@ fn introspection_counts_one_call_per_token_sequential_and_concurrent() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    assert_eq!(burst.count(), 50);
+    assert_eq!(b.up.count(), 1050);
     assert_eq!(idp.hits("/token/introspection"), 2, "{}", idp.stats());
     b.finish();
 }
@@ -2092,7 +2076,8 @@ fn b45_refusals_carry_no_secret_key_material_or_token() {
 
     let c = claims(&fault);
     let header = b64(json!({"alg": "RS256", "kid": "k1", "typ": "JWT"}).to_string());
-    let huge = format!("{header}.{}.{}", "A".repeat(20_000), b64([9u8; 256]));
+    // Large, but under the 8 KiB header-value limit (larger ones get 431).
+    let huge = format!("{header}.{}.{}", "A".repeat(7_000), b64([9u8; 256]));
     let tokens = [
         "a.b.c".to_string(),
         format!("{header}.!!not*base64!!.{}", b64([1u8; 256])),
@@ -2105,7 +2090,7 @@ fn b45_refusals_carry_no_secret_key_material_or_token() {
         ),
         tok(&KX, "wrong-kid", &c),
         huge,
-        "Z".repeat(20_000),
+        "Z".repeat(7_500),
     ];
     let jwk = K1.jwk(Some("k1"));
     let modulus = jwk["n"].as_str().unwrap();
@@ -2154,6 +2139,15 @@ fn b45_refusals_carry_no_secret_key_material_or_token() {
             }
         }
     }
+    // A token past the header limit is refused before any plugin runs.
+    let oversized = "Z".repeat(20_000);
+    b.note(&oversized);
+    let r = b.refused_with(
+        "/jwks/x",
+        &[("Authorization", &format!("Bearer {oversized}"))],
+    );
+    assert_eq!(r.status, 431, "{}", r.body);
+    assert!(!r.body.contains(&oversized[..64]));
     b.finish();
 }
 

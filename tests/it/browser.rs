@@ -13,10 +13,6 @@
 //! Redirects are never followed automatically: every hop is asserted.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -25,7 +21,7 @@ use serde_json::{json, Value};
 
 use crate::support::fault_op::{self, parse_form, FaultOp, Grant, E1, K1, K2, KX};
 use crate::support::gateway::http_request;
-use crate::support::{raw_request, Gateway, GatewayOpts, Idp, RawPart, Recorded, Resp};
+use crate::support::{raw_request, EchoUpstream, Gateway, GatewayOpts, Idp, RawPart, Resp};
 
 const CLIENT: &str = "gw-client";
 const SECRET: &str = "gw-secret-123";
@@ -277,132 +273,15 @@ fn form_action(html: &str) -> Option<String> {
 }
 
 // ---------------------------------------------------------------------------
-// the upstream: an echo with one thread per connection
-//
-// `support::EchoUpstream` (tiny_http 0.12) stalls when a burst of new
-// keep-alive connections arrives: its task pool queues them behind threads
-// that the gateway's pooled connections keep busy, so some requests never
-// reach it and the gateway answers 504 after the read timeout. The
-// concurrent tests here need an upstream without that limit.
-
-struct Echo {
-    addr: std::net::SocketAddr,
-    log: Arc<Mutex<Vec<Recorded>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Echo {
-    fn start() -> Echo {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the echo upstream");
-        let addr = listener.local_addr().unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (l, st) = (log.clone(), stop.clone());
-        thread::Builder::new()
-            .name("browser-echo".into())
-            .spawn(move || {
-                while !st.load(Ordering::SeqCst) {
-                    match listener.accept() {
-                        Ok((conn, _)) => {
-                            let l = l.clone();
-                            let _ = thread::Builder::new()
-                                .name("browser-echo-conn".into())
-                                .spawn(move || serve_echo(conn, &l));
-                        }
-                        Err(_) => thread::sleep(Duration::from_millis(5)),
-                    }
-                }
-            })
-            .expect("spawn the echo upstream");
-        Echo { addr, log, stop }
-    }
-
-    fn node(&self) -> String {
-        self.addr.to_string()
-    }
-
-    fn requests(&self) -> Vec<Recorded> {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn count(&self) -> usize {
-        self.log.lock().unwrap().len()
-    }
-
-    fn last(&self) -> Option<Recorded> {
-        self.log.lock().unwrap().last().cloned()
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-/// Serves HTTP/1.1 requests on one connection until it closes or idles.
-fn serve_echo(conn: TcpStream, log: &Mutex<Vec<Recorded>>) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut reader = BufReader::new(conn.try_clone().expect("clone the connection"));
-    let mut out = conn;
-    loop {
-        let mut line = String::new();
-        if !matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
-            return;
-        }
-        let mut it = line.trim_end().splitn(3, ' ');
-        let (method, target) = (
-            it.next().unwrap_or("").to_string(),
-            it.next().unwrap_or("").to_string(),
-        );
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            if !matches!(reader.read_line(&mut h), Ok(n) if n > 0) {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((n, v)) = h.split_once(':') {
-                headers.push((n.trim().to_string(), v.trim().to_string()));
-            }
-        }
-        let len: u64 = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        let _ = std::io::copy(&mut (&mut reader).take(len), &mut std::io::sink());
-        log.lock().unwrap().push(Recorded {
-            method,
-            raw_target: target,
-            headers,
-            body_len: len,
-        });
-        let body = "{\"server\":\"echo\"}";
-        let resp = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Echo-Server: echo\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        if out.write_all(resp.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
 // the world: gateway, provider, upstream
 
 struct Env {
     gw: Gateway,
     idp: Idp,
-    up: Echo,
+    up: EchoUpstream,
 }
 
-fn upstream_of(up: &Echo) -> Value {
+fn upstream_of(up: &EchoUpstream) -> Value {
     json!({"type": "roundrobin", "nodes": {up.node(): 1}})
 }
 
@@ -461,14 +340,14 @@ fn oidc_conf(gw: &Gateway, discovery: &str, extra: Value) -> Value {
     c
 }
 
-fn route(uri: &str, up: &Echo, conf: Value) -> Value {
+fn route(uri: &str, up: &EchoUpstream, conf: Value) -> Value {
     json!({"uri": uri, "plugins": {"openid-connect": conf}, "upstream": upstream_of(up)})
 }
 
 /// Gateway (with `opts`), then the provider (it needs the gateway's
 /// port), then the routes `/app/*` (with `oidc_extra`) and `/bye`.
 fn env_with(opts: GatewayOpts, idp_extra: Value, oidc_extra: Value) -> Env {
-    let up = Echo::start();
+    let up = EchoUpstream::start();
     let gw = Gateway::start_with(opts);
     let idp = Idp::start_with(&idp_config(&gw, idp_extra));
     let conf = oidc_conf(&gw, &idp.discovery_url(), oidc_extra);
@@ -1478,12 +1357,12 @@ fn sessions_are_shared_by_all_workers_and_survive_a_restart_b33() {
 struct FopEnv {
     gw: Gateway,
     op: FaultOp,
-    up: Echo,
+    up: EchoUpstream,
 }
 
 fn fop_env(oidc_extra: Value) -> FopEnv {
     let op = FaultOp::start();
-    let up = Echo::start();
+    let up = EchoUpstream::start();
     let gw = Gateway::start();
     let conf = oidc_conf(&gw, &op.discovery_url(), oidc_extra);
     gw.put_route("app", route("/app/*", &up, conf));

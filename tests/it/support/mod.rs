@@ -8,7 +8,6 @@ pub mod fault_idp;
 pub mod fault_op;
 pub mod gateway;
 pub mod idp;
-pub mod ok_upstream;
 pub mod raw;
 pub mod upstream;
 
@@ -22,7 +21,6 @@ pub use gateway::{
     Gateway, GatewayOpts, Resp, StartFailure, DEFAULT_ADMIN_KEY, READY_TIMEOUT, STOP_TIMEOUT,
 };
 pub use idp::Idp;
-pub use ok_upstream::OkUpstream;
 pub use raw::{
     parse_responses, raw_request, raw_request_parts, raw_request_timeout, raw_responses_count,
     RawPart, RawResponse,

@@ -16,16 +16,41 @@
 //!   streamed in chunks (never held in memory as one buffer).
 //! * `.../status/<code>` – answer the echo with that status code.
 //!
-//! Request bodies of any size are read and counted, never stored.
+//! Request bodies of any size (`Content-Length` or chunked) are read and
+//! counted, never stored.
+//!
+//! The server is written directly on `std::net`, one thread per connection,
+//! so any number of keep-alive connections can be open at once without one
+//! waiting for another (tiny_http 0.12, used before, queued new connections
+//! behind workers held by idle keep-alive ones). Connections are kept alive
+//! (HTTP/1.1 default, HTTP/1.0 with `Connection: keep-alive`) with no idle
+//! timeout, so a pooled connection is never closed under the gateway's feet;
+//! pipelined requests are answered in order.
+//!
+//! Malformed input never panics: a request whose head cannot be parsed is
+//! answered `400` and the connection closed. A request whose head parsed is
+//! always recorded — also when its body framing is then refused with `400`
+//! (e.g. an unknown `Transfer-Encoding` or conflicting `Content-Length`s), so
+//! tests can see what reached the upstream. A request with both
+//! `Transfer-Encoding: chunked` and `Content-Length` is read as chunked and
+//! the connection closed after the answer (RFC 9112 §6.3).
 
-use std::io::{self, Read};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use tiny_http::{Header, Request, Response, Server, StatusCode};
+/// Largest accepted request head (request line and headers).
+const MAX_HEAD: usize = 1024 * 1024;
+/// Most header lines accepted in one request head.
+const MAX_HEADERS: usize = 10_000;
+/// Largest chunk-size line and largest trailer section of a chunked body.
+const MAX_CHUNK_META: usize = 64 * 1024;
+/// Empty lines tolerated before a request line (RFC 9112 §2.2).
+const MAX_LEADING_EMPTY_LINES: usize = 8;
 
 /// One request as seen by the [`EchoUpstream`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,20 +91,39 @@ impl Recorded {
     }
 }
 
-#[derive(Default)]
-struct Log {
+/// State shared by the acceptor, the connection threads and the handle.
+struct Shared {
+    name: String,
     requests: Mutex<Vec<Recorded>>,
     changed: Condvar,
+    stop: AtomicBool,
+    /// Open connections (a clone of each socket), shut down on drop.
+    conns: Mutex<HashMap<u64, TcpStream>>,
+    next_conn: AtomicU64,
 }
 
-/// An HTTP/1.1 echo server on `127.0.0.1:<ephemeral>`. Dropping it stops it.
+impl Shared {
+    fn requests(&self) -> MutexGuard<'_, Vec<Recorded>> {
+        // A panicking `wait_for` poisons the lock; the log is still usable.
+        self.requests.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn conns(&self) -> MutexGuard<'_, HashMap<u64, TcpStream>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(&self, recorded: Recorded) {
+        self.requests().push(recorded);
+        self.changed.notify_all();
+    }
+}
+
+/// An HTTP/1.1 echo server on `127.0.0.1:<ephemeral>`. Dropping it stops it:
+/// the listening port is closed and every open connection shut down.
 pub struct EchoUpstream {
     addr: SocketAddr,
-    name: String,
-    log: Arc<Log>,
-    stop: Arc<AtomicBool>,
-    server: Option<Arc<Server>>,
-    dispatcher: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
 }
 
 impl EchoUpstream {
@@ -90,34 +134,30 @@ impl EchoUpstream {
 
     /// Starts an echo server whose responses carry `"server": name`.
     pub fn start_named(name: &str) -> EchoUpstream {
-        let server = Server::http("127.0.0.1:0")
+        let listener = TcpListener::bind(("127.0.0.1", 0))
             .unwrap_or_else(|e| panic!("echo upstream {name:?}: cannot bind 127.0.0.1:0: {e}"));
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .expect("echo upstream listens on an IP address");
-        let server = Arc::new(server);
-        let log = Arc::new(Log::default());
-        let stop = Arc::new(AtomicBool::new(false));
-
-        let dispatcher = {
-            let server = Arc::clone(&server);
-            let log = Arc::clone(&log);
-            let stop = Arc::clone(&stop);
-            let name = name.to_string();
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("echo upstream {name:?}: no local address: {e}"));
+        let shared = Arc::new(Shared {
+            name: name.to_string(),
+            requests: Mutex::new(Vec::new()),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(0),
+        });
+        let acceptor = {
+            let shared = Arc::clone(&shared);
             thread::Builder::new()
                 .name(format!("echo-{name}-{}", addr.port()))
-                .spawn(move || dispatch_loop(&server, &log, &stop, &name))
-                .expect("spawn echo upstream dispatcher thread")
+                .spawn(move || accept_loop(listener, &shared))
+                .expect("spawn echo upstream acceptor thread")
         };
-
         EchoUpstream {
             addr,
-            name: name.to_string(),
-            log,
-            stop,
-            server: Some(server),
-            dispatcher: Some(dispatcher),
+            shared,
+            acceptor: Some(acceptor),
         }
     }
 
@@ -138,169 +178,538 @@ impl EchoUpstream {
 
     /// The name given at start (echoed as `"server"`).
     pub fn name(&self) -> &str {
-        &self.name
+        &self.shared.name
     }
 
     /// A snapshot of all requests recorded so far, in arrival order.
     pub fn requests(&self) -> Vec<Recorded> {
-        self.lock().clone()
+        self.shared.requests().clone()
     }
 
     /// The most recent request, if any.
     pub fn last(&self) -> Option<Recorded> {
-        self.lock().last().cloned()
+        self.shared.requests().last().cloned()
     }
 
     /// Number of requests recorded so far.
     pub fn count(&self) -> usize {
-        self.lock().len()
+        self.shared.requests().len()
     }
 
     /// Forgets all recorded requests.
     pub fn clear(&self) {
-        self.lock().clear();
+        self.shared.requests().clear();
     }
 
     /// Waits until at least `n` requests have been recorded and returns them;
     /// panics with the current log after `timeout`.
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Recorded> {
         let deadline = Instant::now() + timeout;
-        let mut guard = self.lock();
+        let mut guard = self.shared.requests();
         while guard.len() < n {
             let now = Instant::now();
             if now >= deadline {
+                let (got, log) = (guard.len(), guard.clone());
+                // Release the lock before panicking so it is not poisoned.
+                drop(guard);
                 panic!(
                     "echo upstream {:?}: expected at least {n} request(s) within {timeout:?}, \
-                     got {}: {:#?}",
-                    self.name,
-                    guard.len(),
-                    *guard
+                     got {got}: {log:#?}",
+                    self.shared.name,
                 );
             }
             guard = self
-                .log
+                .shared
                 .changed
                 .wait_timeout(guard, deadline - now)
-                .expect("echo upstream log mutex poisoned")
+                .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
         guard.clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Recorded>> {
-        self.log
-            .requests
-            .lock()
-            .expect("echo upstream log mutex poisoned")
     }
 }
 
 impl Drop for EchoUpstream {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(server) = &self.server {
-            server.unblock();
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(acceptor) = self.acceptor.take() {
+            // Wake the blocking `accept` with a connection of our own; the
+            // acceptor then sees `stop`, returns and drops the listener,
+            // which closes the port. Retried in case a wake-up is lost.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !acceptor.is_finished() && Instant::now() < deadline {
+                let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(500));
+                let waited = Instant::now();
+                while !acceptor.is_finished() && waited.elapsed() < Duration::from_millis(200) {
+                    thread::sleep(Duration::from_millis(1));
+                }
+            }
+            if acceptor.is_finished() {
+                let _ = acceptor.join();
+            } else {
+                eprintln!(
+                    "echo upstream {:?}: acceptor did not stop; port {} may stay open",
+                    self.shared.name,
+                    self.addr.port()
+                );
+            }
         }
-        if let Some(handle) = self.dispatcher.take() {
-            let _ = handle.join();
+        // No new connections now; end the open ones (their threads see EOF
+        // or an error and exit; a `/delay` in progress finishes, then fails
+        // to write).
+        for (_, conn) in self.shared.conns().drain() {
+            let _ = conn.shutdown(Shutdown::Both);
         }
-        // Dropping the last `Arc<Server>` closes the listening socket.
-        self.server.take();
     }
 }
 
 impl std::fmt::Debug for EchoUpstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EchoUpstream")
-            .field("name", &self.name)
+            .field("name", &self.shared.name)
             .field("addr", &self.addr)
             .field("count", &self.count())
             .finish()
     }
 }
 
-/// Receives requests and hands each to its own thread, so slow (`/delay`)
-/// requests never hold up others.
-fn dispatch_loop(server: &Server, log: &Arc<Log>, stop: &AtomicBool, name: &str) {
-    while !stop.load(Ordering::SeqCst) {
-        match server.recv_timeout(Duration::from_millis(100)) {
-            Ok(Some(request)) => {
-                let log = Arc::clone(log);
-                let worker_name = name.to_string();
-                let spawned = thread::Builder::new()
-                    .name("echo-worker".into())
-                    .spawn(move || handle(request, &log, &worker_name));
-                if let Err(e) = spawned {
-                    eprintln!("echo upstream {name:?}: cannot spawn worker: {e}");
-                }
-            }
-            Ok(None) => {}
+// ---------------------------------------------------------------------------
+// connections
+
+/// Accepts connections until `stop`, each served on its own thread.
+fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
+    for conn in listener.incoming() {
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let conn = match conn {
+            Ok(conn) => conn,
             Err(e) => {
-                // Accept-level errors are transient; keep serving.
-                if !stop.load(Ordering::SeqCst) {
-                    eprintln!("echo upstream {name:?}: recv error: {e}");
-                }
+                // E.g. out of file descriptors: transient, keep serving.
+                eprintln!("echo upstream {:?}: accept error: {e}", shared.name);
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        if let Ok(clone) = conn.try_clone() {
+            shared.conns().insert(id, clone);
+        }
+        let worker = Arc::clone(shared);
+        let spawned = thread::Builder::new()
+            .name(format!("echo-{}-conn", shared.name))
+            .spawn(move || {
+                serve(conn, &worker);
+                worker.conns().remove(&id);
+            });
+        if let Err(e) = spawned {
+            eprintln!(
+                "echo upstream {:?}: cannot spawn a connection thread: {e}",
+                shared.name
+            );
+            if let Some(conn) = shared.conns().remove(&id) {
+                let _ = conn.shutdown(Shutdown::Both);
             }
         }
     }
 }
 
-fn handle(mut request: Request, log: &Log, name: &str) {
-    let method = request.method().as_str().to_string();
-    let raw_target = request.url().to_string();
-    let headers: Vec<(String, String)> = request
-        .headers()
-        .iter()
-        .map(|h| (h.field.to_string(), h.value.to_string()))
-        .collect();
+/// Why a connection stops being served.
+enum End {
+    /// The peer closed or the socket failed: nothing more can be said.
+    Gone,
+    /// Malformed input: answer `400` with this reason, then close.
+    Bad(&'static str),
+}
 
-    // Read and count the body without storing it.
-    let body_len = match io::copy(request.as_reader(), &mut io::sink()) {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("echo upstream {name:?}: error reading body of {raw_target}: {e}");
-            0
-        }
+/// What to do after a request was answered.
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// Serves requests on one connection until it closes, a request asks for
+/// `Connection: close`, or the input is malformed.
+fn serve(stream: TcpStream, shared: &Shared) {
+    let _ = stream.set_nodelay(true);
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
     };
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    loop {
+        match serve_one(&mut reader, &mut writer, shared) {
+            Ok(Next::KeepAlive) => {}
+            Ok(Next::Close) => break,
+            Err(End::Gone) => return,
+            Err(End::Bad(reason)) => {
+                eprintln!(
+                    "echo upstream {:?}: bad request, answering 400: {reason}",
+                    shared.name
+                );
+                let _ = write_bad_request(&mut writer, &shared.name, reason);
+                break;
+            }
+        }
+    }
+    close_gracefully(reader.get_ref());
+}
 
+/// Reads, records and answers one request.
+fn serve_one(
+    reader: &mut BufReader<TcpStream>,
+    writer: &mut TcpStream,
+    shared: &Shared,
+) -> Result<Next, End> {
+    let Some(head) = read_head(reader)? else {
+        return Ok(Next::Close);
+    };
+    let mut body_len = 0u64;
+    let read = body_framing(&head.headers).and_then(|(framing, both_framings)| {
+        if head.minor == 1 && expects_continue(&head.headers) && !matches!(framing, Framing::None) {
+            writer
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .map_err(|_| End::Gone)?;
+        }
+        read_body(reader, framing, &mut body_len)?;
+        Ok(both_framings)
+    });
     let recorded = Recorded {
-        method: method.clone(),
-        raw_target: raw_target.clone(),
-        headers: headers.clone(),
+        method: head.method,
+        raw_target: head.target,
+        headers: head.headers,
         body_len,
     };
-    let special = special_path(&recorded);
-    {
-        let mut guard = log
-            .requests
-            .lock()
-            .expect("echo upstream log mutex poisoned");
-        guard.push(recorded);
-        log.changed.notify_all();
-    }
+    shared.record(recorded.clone());
+    let both_framings = read?;
 
-    let server_header =
-        Header::from_bytes(&b"X-Echo-Server"[..], name.as_bytes()).expect("valid header");
-    let result = match special {
-        Special::Bytes(n) => {
-            let len = usize::try_from(n).expect("/bytes/<n> fits in usize");
-            let response = Response::new(
-                StatusCode(200),
-                vec![
-                    Header::from_bytes(&b"Content-Type"[..], &b"application/octet-stream"[..])
-                        .expect("valid header"),
-                    server_header,
-                ],
-                PatternReader::new(n),
-                Some(len),
-                None,
-            )
-            // Always send Content-Length, never chunked.
-            .with_chunked_threshold(usize::MAX);
-            request.respond(response)
+    let close = both_framings || wants_close(head.minor, &recorded.headers);
+    respond(writer, shared, &recorded, head.minor, close).map_err(|_| End::Gone)?;
+    Ok(if close { Next::Close } else { Next::KeepAlive })
+}
+
+/// Half-closes the connection, then briefly drains what the peer still
+/// sends so the last response is not lost to a reset.
+fn close_gracefully(stream: &TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut buf = [0u8; 8192];
+    let mut stream = stream;
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
         }
-        other => {
-            let status = match other {
+    }
+}
+
+// ---------------------------------------------------------------------------
+// request parsing
+
+struct Head {
+    method: String,
+    target: String,
+    /// HTTP/1.`minor`.
+    minor: u8,
+    headers: Vec<(String, String)>,
+}
+
+/// Reads one request head. `Ok(None)` when the peer closed cleanly between
+/// requests.
+fn read_head(reader: &mut impl BufRead) -> Result<Option<Head>, End> {
+    let mut budget = MAX_HEAD;
+    let mut empty_lines = 0;
+    let request_line = loop {
+        match read_line(reader, &mut budget)? {
+            None => return Ok(None),
+            Some(line) if line.is_empty() && empty_lines < MAX_LEADING_EMPTY_LINES => {
+                empty_lines += 1;
+            }
+            Some(line) => break line,
+        }
+    };
+    let (method, target, minor) = parse_request_line(&request_line)?;
+    let mut headers = Vec::new();
+    loop {
+        let line = read_line(reader, &mut budget)?.ok_or(End::Gone)?;
+        if line.is_empty() {
+            break;
+        }
+        if headers.len() >= MAX_HEADERS {
+            return Err(End::Bad("too many header fields"));
+        }
+        headers.push(parse_header(&line)?);
+    }
+    Ok(Some(Head {
+        method,
+        target,
+        minor,
+        headers,
+    }))
+}
+
+/// Reads one CRLF-terminated line (returned without the CRLF), taking at
+/// most `budget` bytes. `Ok(None)` on EOF before the first byte.
+fn read_line(reader: &mut impl BufRead, budget: &mut usize) -> Result<Option<Vec<u8>>, End> {
+    let mut line = Vec::new();
+    loop {
+        let buf = match reader.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(End::Gone),
+        };
+        if buf.is_empty() {
+            return if line.is_empty() {
+                Ok(None)
+            } else {
+                Err(End::Gone)
+            };
+        }
+        let (take, complete) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        if take > *budget {
+            return Err(End::Bad("request head or chunk metadata too large"));
+        }
+        *budget -= take;
+        line.extend_from_slice(&buf[..take]);
+        reader.consume(take);
+        if complete {
+            if !line.ends_with(b"\r\n") {
+                return Err(End::Bad("line not terminated by CRLF"));
+            }
+            line.truncate(line.len() - 2);
+            return Ok(Some(line));
+        }
+    }
+}
+
+/// `token` characters (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn parse_request_line(line: &[u8]) -> Result<(String, String, u8), End> {
+    let text = std::str::from_utf8(line).map_err(|_| End::Bad("request line is not UTF-8"))?;
+    let mut parts = text.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(End::Bad(
+            "request line is not `METHOD SP TARGET SP VERSION`",
+        ));
+    };
+    if method.is_empty() || !method.bytes().all(is_tchar) {
+        return Err(End::Bad("invalid method"));
+    }
+    if target.is_empty() || target.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(End::Bad("invalid request target"));
+    }
+    let minor = match version {
+        "HTTP/1.1" => 1,
+        "HTTP/1.0" => 0,
+        _ => return Err(End::Bad("unsupported HTTP version")),
+    };
+    Ok((method.to_string(), target.to_string(), minor))
+}
+
+/// `name: value`, the value without surrounding whitespace. Rejects
+/// whitespace before the colon and obsolete line folding (both leave a
+/// non-token character in the name).
+fn parse_header(line: &[u8]) -> Result<(String, String), End> {
+    let colon = line
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(End::Bad("header line without a colon"))?;
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    if name.is_empty() || !name.iter().copied().all(is_tchar) {
+        return Err(End::Bad("invalid header name"));
+    }
+    if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(End::Bad("control character in a header value"));
+    }
+    let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = value.iter().position(|b| !is_ows(b)).unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| !is_ows(b))
+        .map_or(start, |i| i + 1);
+    Ok((
+        String::from_utf8_lossy(name).into_owned(),
+        String::from_utf8_lossy(&value[start..end]).into_owned(),
+    ))
+}
+
+fn values<'a>(headers: &'a [(String, String)], name: &'a str) -> impl Iterator<Item = &'a str> {
+    headers
+        .iter()
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// The comma-separated list elements of all `name` headers, trimmed.
+fn list<'a>(headers: &'a [(String, String)], name: &'a str) -> Vec<&'a str> {
+    values(headers, name)
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect()
+}
+
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// How the body is framed, and whether both `Transfer-Encoding` and
+/// `Content-Length` were sent (then chunked wins and the connection closes).
+fn body_framing(headers: &[(String, String)]) -> Result<(Framing, bool), End> {
+    let has_length = values(headers, "content-length").next().is_some();
+    if values(headers, "transfer-encoding").next().is_some() {
+        let codings = list(headers, "transfer-encoding");
+        let chunked = codings
+            .iter()
+            .filter(|c| c.eq_ignore_ascii_case("chunked"))
+            .count();
+        return match codings.last() {
+            Some(last) if last.eq_ignore_ascii_case("chunked") && chunked == 1 => {
+                Ok((Framing::Chunked, has_length))
+            }
+            _ => Err(End::Bad(
+                "Transfer-Encoding does not end in a single `chunked`",
+            )),
+        };
+    }
+    let mut length = None;
+    for v in values(headers, "content-length") {
+        for element in v.split(',').map(str::trim) {
+            if element.is_empty()
+                || element.len() > 19
+                || !element.bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(End::Bad("invalid Content-Length"));
+            }
+            let n: u64 = element
+                .parse()
+                .map_err(|_| End::Bad("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(End::Bad("conflicting Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok((length.map_or(Framing::None, Framing::Length), false))
+}
+
+fn expects_continue(headers: &[(String, String)]) -> bool {
+    values(headers, "expect").any(|v| v.eq_ignore_ascii_case("100-continue"))
+}
+
+fn wants_close(minor: u8, headers: &[(String, String)]) -> bool {
+    let tokens = list(headers, "connection");
+    let has = |t: &str| tokens.iter().any(|x| x.eq_ignore_ascii_case(t));
+    has("close") || (minor == 0 && !has("keep-alive"))
+}
+
+/// Reads and discards the body, counting its (de-chunked) bytes in `counted`.
+fn read_body(reader: &mut impl BufRead, framing: Framing, counted: &mut u64) -> Result<(), End> {
+    match framing {
+        Framing::None => Ok(()),
+        Framing::Length(n) => skip_exactly(reader, n, counted),
+        Framing::Chunked => loop {
+            let mut budget = MAX_CHUNK_META;
+            let line = read_line(reader, &mut budget)?.ok_or(End::Gone)?;
+            let size = line.split(|&b| b == b';').next().unwrap_or_default();
+            let size = size
+                .iter()
+                .rposition(|&b| b != b' ' && b != b'\t')
+                .map_or(&size[..0], |i| &size[..=i]);
+            if size.is_empty() || size.len() > 15 || !size.iter().all(u8::is_ascii_hexdigit) {
+                return Err(End::Bad("invalid chunk size"));
+            }
+            let size = std::str::from_utf8(size)
+                .ok()
+                .and_then(|s| u64::from_str_radix(s, 16).ok())
+                .ok_or(End::Bad("invalid chunk size"))?;
+            if size == 0 {
+                // Trailer section, up to the empty line.
+                loop {
+                    let line = read_line(reader, &mut budget)?.ok_or(End::Gone)?;
+                    if line.is_empty() {
+                        return Ok(());
+                    }
+                    parse_header(&line)?;
+                }
+            }
+            skip_exactly(reader, size, counted)?;
+            let mut crlf = [0u8; 2];
+            reader.read_exact(&mut crlf).map_err(|_| End::Gone)?;
+            if crlf != *b"\r\n" {
+                return Err(End::Bad("chunk data not followed by CRLF"));
+            }
+        },
+    }
+}
+
+/// Discards exactly `n` bytes, adding what was read to `counted`.
+fn skip_exactly(reader: &mut impl BufRead, n: u64, counted: &mut u64) -> Result<(), End> {
+    let mut left = n;
+    while left > 0 {
+        let buf = match reader.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(End::Gone),
+        };
+        if buf.is_empty() {
+            return Err(End::Gone);
+        }
+        let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        reader.consume(take);
+        left -= take as u64;
+        *counted += take as u64;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// responses
+
+fn respond(
+    w: &mut TcpStream,
+    shared: &Shared,
+    r: &Recorded,
+    minor: u8,
+    close: bool,
+) -> io::Result<()> {
+    let name = shared.name.as_str();
+    let head_only = r.method.eq_ignore_ascii_case("HEAD");
+    // HTTP/1.0 closes by default; say so when it stays open.
+    let connection = match (close, minor) {
+        (true, _) => Some("close"),
+        (false, 0) => Some("keep-alive"),
+        (false, _) => None,
+    };
+    match special_path(r) {
+        Special::Bytes(n) => {
+            let head = response_head(200, "application/octet-stream", name, Some(n), connection);
+            w.write_all(head.as_bytes())?;
+            if !head_only {
+                let mut body = PatternReader::new(n);
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let got = body.read(&mut buf)?;
+                    if got == 0 {
+                        break;
+                    }
+                    w.write_all(&buf[..got])?;
+                }
+            }
+            w.flush()
+        }
+        special => {
+            let status = match special {
                 Special::Delay(ms) => {
                     thread::sleep(Duration::from_millis(ms));
                     200
@@ -309,30 +718,97 @@ fn handle(mut request: Request, log: &Log, name: &str) {
                 _ => 200,
             };
             let body = serde_json::json!({
-                "method": method,
-                "raw_target": raw_target,
-                "headers": headers
+                "method": r.method,
+                "raw_target": r.raw_target,
+                "headers": r.headers
                     .iter()
                     .map(|(n, v)| [n.as_str(), v.as_str()])
                     .collect::<Vec<_>>(),
-                "body_len": body_len,
+                "body_len": r.body_len,
                 "server": name,
             })
             .to_string();
-            let response = Response::from_string(body)
-                .with_status_code(StatusCode(status))
-                .with_header(
-                    Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
-                        .expect("valid header"),
-                )
-                .with_header(server_header)
-                .with_chunked_threshold(usize::MAX);
-            request.respond(response)
+            // 1xx, 204 and 304 responses have no body.
+            let bodiless = status < 200 || status == 204 || status == 304;
+            let length = (!bodiless).then_some(body.len() as u64);
+            let mut out =
+                response_head(status, "application/json", name, length, connection).into_bytes();
+            if !bodiless && !head_only {
+                out.extend_from_slice(body.as_bytes());
+            }
+            w.write_all(&out)?;
+            w.flush()
         }
-    };
-    if let Err(e) = result {
-        // The client (usually the gateway) may legitimately hang up early.
-        eprintln!("echo upstream {name:?}: error writing response: {e}");
+    }
+}
+
+fn response_head(
+    status: u16,
+    content_type: &str,
+    name: &str,
+    length: Option<u64>,
+    connection: Option<&str>,
+) -> String {
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nX-Echo-Server: {name}\r\n",
+        reason(status)
+    );
+    if let Some(n) = length {
+        head.push_str(&format!("Content-Length: {n}\r\n"));
+    }
+    if let Some(c) = connection {
+        head.push_str(&format!("Connection: {c}\r\n"));
+    }
+    head.push_str("\r\n");
+    head
+}
+
+fn write_bad_request(w: &mut TcpStream, name: &str, reason: &str) -> io::Result<()> {
+    let body = format!("bad request: {reason}\n");
+    let mut out = response_head(
+        400,
+        "text/plain",
+        name,
+        Some(body.len() as u64),
+        Some("close"),
+    );
+    out.push_str(&body);
+    w.write_all(out.as_bytes())?;
+    w.flush()
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        418 => "I'm a teapot",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
     }
 }
 
