@@ -42,6 +42,9 @@ pub struct Snapshot {
     /// The store revision this snapshot reflects.
     pub revision: u64,
     pub router: Router<CompiledRoute>,
+    /// Cookie names the gateway's browser sessions use; removed from every
+    /// request that goes upstream, on every route.
+    pub gateway_cookies: Vec<String>,
 }
 
 impl Snapshot {
@@ -49,6 +52,7 @@ impl Snapshot {
         Snapshot {
             revision: 0,
             router: Router::build(Vec::new()),
+            gateway_cookies: Vec::new(),
         }
     }
 }
@@ -217,5 +221,30 @@ pub fn build(
     Snapshot {
         revision,
         router: Router::build(entries),
+        gateway_cookies: session_cookie_names(config),
     }
+}
+
+/// The session and login cookie names of every browser sign-in
+/// configuration, on routes and services.
+fn session_cookie_names(config: &Config) -> Vec<String> {
+    let mut names: Vec<String> = config
+        .routes
+        .values()
+        .chain(config.services.values())
+        .filter_map(|v| v.get("plugins")?.get("openid-connect"))
+        .filter(|c| c.get("bearer_only").and_then(Value::as_bool) != Some(true))
+        .flat_map(|c| {
+            let name = c
+                .get("session")
+                .and_then(|s| s.get("cookie_name"))
+                .and_then(Value::as_str)
+                .unwrap_or(crate::plugins::oidc_browser::DEFAULT_COOKIE)
+                .to_owned();
+            [format!("{name}_login"), name]
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }

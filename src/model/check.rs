@@ -101,8 +101,10 @@ pub fn array<'a, T>(
         return Err(format!("expect array to have at least {min_items} items"));
     }
     if unique {
+        // Linear in the number of items: a set of their JSON forms.
+        let mut seen = std::collections::HashMap::with_capacity(items.len());
         for (i, a) in items.iter().enumerate() {
-            if let Some(j) = items[..i].iter().position(|b| b == a) {
+            if let Some(j) = seen.insert(a.to_string(), i) {
                 return Err(format!(
                     "expected unique items but items {} and {} are equal",
                     j + 1,
@@ -123,7 +125,10 @@ pub fn array<'a, T>(
 pub fn id(v: &Value) -> Checked<String> {
     let ok = match v {
         Value::String(s) => {
-            (1..=64).contains(&s.len())
+            // `.` and `..` would be dot-segments in the resource's URL.
+            s != "."
+                && s != ".."
+                && (1..=64).contains(&s.len())
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         }

@@ -72,6 +72,9 @@ pub struct Route {
     pub update_time: Option<i64>,
 }
 
+/// Most host × path pairs one route may ask the router to hold.
+pub const MAX_HOST_PATH_PAIRS: usize = 4096;
+
 const FIELDS: &[&str] = &[
     "id",
     "name",
@@ -137,6 +140,13 @@ impl Route {
         opt(obj, "remote_addrs", |v| {
             check::array(v, 1, true, remote_addr)
         })?;
+        // The router keeps one entry per host and path: bound the product.
+        let count = |k: &str| obj.get(k).and_then(Value::as_array).map_or(1, Vec::len);
+        if count("hosts") * count("uris") > MAX_HOST_PATH_PAIRS {
+            return Err(format!(
+                "too many hosts × uris combinations, at most {MAX_HOST_PATH_PAIRS} are allowed"
+            ));
+        }
         opt(obj, "priority", check::integer)?;
         opt(obj, "plugins", check::object)?;
         opt(obj, "upstream", Upstream::from_value)?;

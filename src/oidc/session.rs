@@ -103,7 +103,18 @@ pub enum TakeLogin {
 pub struct SessionStore {
     /// The `sessions` tree of the gateway's sled database.
     tree: sled::Tree,
+    /// Sign-ins in progress, by state hash. Kept in memory and bounded:
+    /// anyone can start a sign-in, so they must not fill the disk, and a
+    /// sign-in lost to a restart is simply started again.
+    logins: std::sync::Mutex<std::collections::HashMap<String, PendingLogin>>,
 }
+
+/// Most sign-ins in progress at once; beyond it new ones are refused
+/// until older ones finish or expire.
+pub const MAX_PENDING_LOGINS: usize = 20_000;
+/// Longest original URL remembered for after the sign-in; a longer one
+/// brings the browser back to the path alone.
+pub const MAX_ORIGINAL_URL: usize = 2048;
 
 /// A fresh random token: 32 bytes, base64url.
 pub fn random_token() -> String {
@@ -117,7 +128,14 @@ pub fn hash_hex(s: &str) -> String {
 
 impl SessionStore {
     pub fn new(tree: sled::Tree) -> SessionStore {
-        SessionStore { tree }
+        SessionStore {
+            tree,
+            logins: Default::default(),
+        }
+    }
+
+    fn logins(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, PendingLogin>> {
+        self.logins.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn key(kind: &str, secret: &str) -> String {
@@ -136,10 +154,19 @@ impl SessionStore {
     }
 
     /// Stores a new login under `state`.
-    /// Not flushed: a sign-in lost to a crash is only started again, and
-    /// anonymous visitors must not cost a disk sync each.
+    /// Remembers a new sign-in under `state`; refused when too many are
+    /// in progress.
     pub async fn start_login(&self, state: &str, login: &PendingLogin) -> Result<(), String> {
-        self.put(&Self::key("l", state), login)
+        let now = now_secs();
+        let mut logins = self.logins();
+        if logins.len() >= MAX_PENDING_LOGINS {
+            logins.retain(|_, l| now <= l.created_at + LOGIN_TTL);
+            if logins.len() >= MAX_PENDING_LOGINS {
+                return Err("too many sign-ins in progress".into());
+            }
+        }
+        logins.insert(hash_hex(state), login.clone());
+        Ok(())
     }
 
     /// Takes the login for `state` out of the store when it belongs to
@@ -148,26 +175,21 @@ impl SessionStore {
     /// another browser or for another configuration leaves it in place, so
     /// someone who learnt the state cannot spoil the real sign-in.
     pub fn take_login(&self, state: &str, owner: &str, browser: Option<&str>) -> TakeLogin {
-        let key = Self::key("l", state);
-        let Some(raw) = self.tree.get(&key).ok().flatten() else {
+        let key = hash_hex(state);
+        let mut logins = self.logins();
+        let Some(login) = logins.get(&key) else {
             return TakeLogin::Unknown;
         };
-        let login = match serde_json::from_slice::<PendingLogin>(&raw) {
-            Ok(l) if now_secs() <= l.created_at + LOGIN_TTL => l,
-            _ => {
-                let _ = self.tree.remove(&key);
-                return TakeLogin::Unknown;
-            }
-        };
+        if now_secs() > login.created_at + LOGIN_TTL {
+            logins.remove(&key);
+            return TakeLogin::Unknown;
+        }
         if login.owner != owner || browser != Some(login.browser.as_str()) {
             return TakeLogin::NotThisBrowser;
         }
-        match self
-            .tree
-            .compare_and_swap(&key, Some(raw), None::<sled::IVec>)
-        {
-            Ok(Ok(())) => TakeLogin::Taken(Box::new(login)),
-            _ => TakeLogin::Unknown,
+        match logins.remove(&key) {
+            Some(l) => TakeLogin::Taken(Box::new(l)),
+            None => TakeLogin::Unknown,
         }
     }
 
@@ -242,6 +264,12 @@ impl SessionStore {
     pub fn sweep(&self) -> usize {
         let now = now_secs();
         let mut removed = 0;
+        {
+            let mut logins = self.logins();
+            let before = logins.len();
+            logins.retain(|_, l| now <= l.created_at + LOGIN_TTL);
+            removed += before - logins.len();
+        }
         for item in self.tree.iter().flatten() {
             let (k, v) = item;
             let dead = if k.starts_with(b"s/") {

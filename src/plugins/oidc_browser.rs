@@ -31,9 +31,10 @@ use crate::oidc::jwt::now_secs;
 use crate::oidc::provider::Provider;
 use crate::oidc::session::{
     hash_hex, random_token, Lifetimes, Lookup, PendingLogin, Session, SessionKey, SessionStore,
-    TakeLogin,
+    TakeLogin, MAX_ORIGINAL_URL,
 };
 use crate::oidc::{short_hash, AuthError};
+use crate::proxy::headers::strip_cookies;
 
 /// Default session cookie name.
 pub const DEFAULT_COOKIE: &str = "portcullis_session";
@@ -265,7 +266,7 @@ impl BrowserFlow {
     ) -> Result<(), HttpResponse> {
         // The session id is the browser's secret with the gateway: the
         // upstream never sees it, whatever happens next.
-        let ours = [self.cookie_name.as_str(), &self.login_cookie_name()];
+        let ours = [self.cookie_name.clone(), self.login_cookie_name()];
         strip_cookies(ctx.upstream_headers, &ours);
         let redirect_uri = self.redirect_uri(ctx);
         if ctx.path == uri_path(&redirect_uri) {
@@ -373,10 +374,17 @@ impl BrowserFlow {
         let nonce = random_token();
         let verifier = self.use_pkce.then(random_token);
         // Only a path of this origin: never a URL taken from the request.
-        let original_url = match ctx.req.uri().query() {
+        let mut original_url = match ctx.req.uri().query() {
             Some(q) => format!("{}?{q}", ctx.path),
             None => ctx.path.to_owned(),
         };
+        if original_url.len() > MAX_ORIGINAL_URL {
+            original_url = if ctx.path.len() <= MAX_ORIGINAL_URL {
+                ctx.path.to_owned()
+            } else {
+                "/".to_owned()
+            };
+        }
         let login = PendingLogin {
             owner: self.owner.clone(),
             nonce: nonce.clone(),
@@ -836,28 +844,6 @@ mod erased {
     }
 }
 
-/// Removes the named cookies from the `Cookie` header(s).
-fn strip_cookies(h: &mut HeaderMap, names: &[&str]) {
-    let kept: Vec<String> = h
-        .get_all(header::COOKIE)
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .filter(|c| {
-            let name = c.split('=').next().unwrap_or("").trim();
-            !names.contains(&name)
-        })
-        .map(str::to_owned)
-        .collect();
-    h.remove(header::COOKIE);
-    if !kept.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
-            h.insert(header::COOKIE, v);
-        }
-    }
-}
-
 fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         h.insert(name, v);
@@ -978,14 +964,20 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("portcullis_session_login=x; b=2"),
         );
-        strip_cookies(&mut h, &["portcullis_session", "portcullis_session_login"]);
+        strip_cookies(
+            &mut h,
+            &[
+                "portcullis_session".into(),
+                "portcullis_session_login".into(),
+            ],
+        );
         assert_eq!(h.get(header::COOKIE).unwrap(), "a=1; b=2");
         let mut only = HeaderMap::new();
         only.insert(
             header::COOKIE,
             HeaderValue::from_static("portcullis_session=s"),
         );
-        strip_cookies(&mut only, &["portcullis_session"]);
+        strip_cookies(&mut only, &["portcullis_session".into()]);
         assert!(only.get(header::COOKIE).is_none());
     }
 

@@ -55,7 +55,10 @@ pub fn upstream_request_headers(from: &HeaderMap, trusted_peer: bool) -> HeaderM
     let nominated = nominated(from);
     let mut out = HeaderMap::with_capacity(from.len() + 4);
     for (name, value) in from.iter() {
-        if !is_end_to_end(name, &nominated) || name == "host" {
+        // Names with `_` are dropped as nginx does: CGI-style backends
+        // read `X_Userinfo` as `X-Userinfo`, which would get around the
+        // removal of gateway-owned headers.
+        if !is_end_to_end(name, &nominated) || name == "host" || name.as_str().contains('_') {
             continue;
         }
         if !trusted_peer && is_forwarding(name.as_str()) {
@@ -64,6 +67,74 @@ pub fn upstream_request_headers(from: &HeaderMap, trusted_peer: bool) -> HeaderM
         out.append(name.clone(), value.clone());
     }
     out
+}
+
+/// Validates a `Host` value and returns it with the host name in lower case
+/// and without a trailing dot, so `Admin.Example.com.` cannot slip past
+/// host-specific routes and reach a backend that treats it as the same
+/// host. `None` for anything that is not `name[:port]` or `[v6][:port]`.
+pub fn normalize_host(raw: &str) -> Option<String> {
+    let (name, port): (&str, Option<&str>) = if raw.starts_with('[') {
+        let end = raw.find(']')?;
+        raw[1..end].parse::<std::net::Ipv6Addr>().ok()?;
+        let after = &raw[end + 1..];
+        let port = if after.is_empty() {
+            None
+        } else {
+            Some(after.strip_prefix(':')?)
+        };
+        (&raw[..=end], port)
+    } else {
+        match raw.rsplit_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (raw, None),
+        }
+    };
+    if let Some(p) = port {
+        if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+    }
+    let name = if name.starts_with('[') {
+        name.to_owned()
+    } else {
+        let trimmed = name.strip_suffix('.').unwrap_or(name);
+        if trimmed.is_empty()
+            || trimmed.len() > 253
+            || !trimmed
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return None;
+        }
+        trimmed.to_ascii_lowercase()
+    };
+    Some(match port {
+        Some(p) => format!("{name}:{p}"),
+        None => name,
+    })
+}
+
+/// Removes the named cookies from the `Cookie` header(s).
+pub fn strip_cookies(h: &mut HeaderMap, names: &[String]) {
+    let kept: Vec<String> = h
+        .get_all(actix_web::http::header::COOKIE)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .filter(|c| {
+            let name = c.split('=').next().unwrap_or("").trim();
+            !names.iter().any(|n| n == name)
+        })
+        .map(str::to_owned)
+        .collect();
+    h.remove(actix_web::http::header::COOKIE);
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+            h.insert(actix_web::http::header::COOKIE, v);
+        }
+    }
 }
 
 /// Copies an upstream response's headers that may go to the client.
@@ -129,6 +200,46 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn hosts_are_validated_and_normalised() {
+        assert_eq!(
+            normalize_host("Admin.Example.com.").as_deref(),
+            Some("admin.example.com")
+        );
+        assert_eq!(
+            normalize_host("admin.example.com.:80").as_deref(),
+            Some("admin.example.com:80")
+        );
+        assert_eq!(
+            normalize_host("127.0.0.1:9080").as_deref(),
+            Some("127.0.0.1:9080")
+        );
+        assert_eq!(normalize_host("[::1]:9080").as_deref(), Some("[::1]:9080"));
+        assert_eq!(normalize_host("[::1]").as_deref(), Some("[::1]"));
+        for bad in [
+            "x@admin.example.com",
+            "admin%2eexample.com",
+            "a b",
+            "",
+            ".",
+            "h:",
+            "h:99x",
+            "[zz]:1",
+            "[::1]x",
+            "a:1:2",
+        ] {
+            assert_eq!(normalize_host(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn underscore_names_never_go_upstream() {
+        let h = map(&[("x_userinfo", "forged"), ("x-ok", "1")]);
+        let out = upstream_request_headers(&h, false);
+        assert!(out.get("x_userinfo").is_none());
+        assert!(out.get("x-ok").is_some());
     }
 
     #[test]

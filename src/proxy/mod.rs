@@ -44,6 +44,8 @@ pub struct ProxyState {
 pub enum ProxyError {
     #[error("{0}")]
     BadPath(#[from] path::PathError),
+    #[error("invalid Host header")]
+    BadHost,
     #[error("request header fields too large")]
     HeadersTooLarge,
     #[error("404 Route Not Found")]
@@ -69,7 +71,7 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadPath(_) | ProxyError::BadHost => StatusCode::BAD_REQUEST,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::RouteNotFound | ProxyError::ServiceMissing(_) => StatusCode::NOT_FOUND,
             ProxyError::UpstreamMissing(_)
@@ -119,11 +121,17 @@ async fn forward(
 
     // Canonical path first: routing and every decision use it.
     let path = path::canonicalize(req.uri().path())?;
-    let host_header = req
+    let raw_host = req
         .headers()
         .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
+        .map(|v| v.to_str().map_err(|_| ProxyError::BadHost))
+        .transpose()?
         .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let normalized = match raw_host {
+        Some(h) => Some(headers::normalize_host(h).ok_or(ProxyError::BadHost)?),
+        None => None,
+    };
+    let host_header = normalized.as_deref();
     let host = host_header.map(strip_port).unwrap_or("");
 
     // Match on the snapshot this request keeps to the end.
@@ -150,6 +158,9 @@ async fn forward(
     let mut headers = headers::upstream_request_headers(req.headers(), trusted);
     for name in IDENTITY_HEADERS {
         headers.remove(*name);
+    }
+    if !snapshot.gateway_cookies.is_empty() {
+        headers::strip_cookies(&mut headers, &snapshot.gateway_cookies);
     }
 
     // Plugins, in priority order; any of them may answer instead.
@@ -180,6 +191,14 @@ async fn forward(
     let target = match req.uri().query() {
         Some(q) => format!("{path}?{q}"),
         None => path.into_owned(),
+    };
+    let content_length = if req.headers().contains_key(header::TRANSFER_ENCODING) {
+        None
+    } else {
+        req.headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
     };
     let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
         || req
@@ -259,7 +278,15 @@ async fn forward(
                     })
                     .filter_map(|()| std::future::ready(None)),
                 );
-                Some(creq.send_stream(body).await)
+                // Keep the client's framing: a body with a length goes
+                // with that length, never re-framed as chunked.
+                Some(match content_length {
+                    Some(len) => {
+                        creq.send_body(actix_http::body::SizedStream::new(len, body))
+                            .await
+                    }
+                    None => creq.send_stream(body).await,
+                })
             } else {
                 let _ = sent_tx.send(());
                 Some(creq.send().await)
@@ -280,6 +307,12 @@ async fn forward(
             }
         };
         match sent {
+            Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                // Only WebSocket routes tunnel; anywhere else a switch of
+                // protocol is an upstream fault.
+                tracing::warn!(route.id = %route.id, upstream.node = %node.authority, "upstream switched protocols on a route without enable_websocket");
+                return Err(ProxyError::UpstreamBroken);
+            }
             Ok(resp) => {
                 let mut answer = respond(resp, read);
                 append_all(answer.headers_mut(), &extra_response_headers);

@@ -4,6 +4,7 @@ mod admin_api;
 mod bearer;
 mod browser;
 mod cors;
+mod hardening;
 mod proxy;
 mod support;
 mod support_selftest;
