@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{broadcast, watch};
 
 use crate::plugins::{PluginCache, PluginEnv};
-use crate::snapshot::{self, BalancerCache, Config, Snapshot};
+use crate::snapshot::{self, BalancerCache, Config, RouteCache, Snapshot};
 use crate::store::{Event, Store, StoreError};
 
 /// Starts the reloader; returns the revision the proxy serves, which it
@@ -27,6 +27,7 @@ pub fn start(
         live,
         config: Config::default(),
         cache: BalancerCache::default(),
+        routes: RouteCache::default(),
         plugins: PluginCache::new(env),
         revision: 0,
     };
@@ -82,6 +83,8 @@ struct Reloader {
     live: Arc<ArcSwap<Snapshot>>,
     config: Config,
     cache: BalancerCache,
+    /// Parsed routes, dropped one by one as routes change.
+    routes: RouteCache,
     /// Built plugins, reused while their configuration is unchanged.
     plugins: PluginCache,
     /// Highest revision folded into `config`.
@@ -96,6 +99,7 @@ impl Reloader {
             insert(&mut config, &key, Some(entry.value));
         }
         self.config = config;
+        self.routes.clear();
         self.revision = self.revision.max(revision);
         self.rebuild();
         Ok(())
@@ -106,6 +110,9 @@ impl Reloader {
             // Already part of the loaded state.
             return;
         }
+        if let Some(id) = ev.key.strip_prefix("/apisix/routes/") {
+            self.routes.invalidate(id);
+        }
         insert(&mut self.config, &ev.key, ev.entry.map(|e| e.value));
         self.revision = self.revision.max(ev.revision);
     }
@@ -115,6 +122,7 @@ impl Reloader {
             &self.config,
             self.revision,
             &mut self.cache,
+            &mut self.routes,
             &mut self.plugins,
         );
         self.live.store(Arc::new(snap));

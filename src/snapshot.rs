@@ -74,21 +74,55 @@ pub struct BalancerCache {
 }
 
 impl BalancerCache {
-    fn get(&mut self, owner: &str, value: &Value, up: &Upstream) -> Arc<Balancer> {
+    /// The balancer for `value`, parsed only when it changed.
+    fn get(&mut self, owner: &str, value: &Value) -> Result<Arc<Balancer>, String> {
         if let Some((old, b)) = self.entries.get(owner) {
             if old == value {
-                return b.clone();
+                return Ok(b.clone());
             }
         }
-        let b = Arc::new(Balancer::new(up));
+        let up = Upstream::from_value(value)?;
+        let b = Arc::new(Balancer::new(&up));
         self.entries
             .insert(owner.to_owned(), (value.clone(), b.clone()));
-        b
+        Ok(b)
     }
 
     /// Drops balancers whose owner was not used by the last build.
     fn retain(&mut self, used: &std::collections::HashSet<String>) {
         self.entries.retain(|k, _| used.contains(k));
+    }
+}
+
+/// Parsed routes kept across rebuilds, so a change to one route among
+/// thousands parses one route. The reloader drops the entry of every route
+/// it sees change.
+#[derive(Default)]
+pub struct RouteCache {
+    /// Route id → its parsed form, or `None` when it does not parse.
+    parsed: HashMap<String, Option<Arc<Route>>>,
+}
+
+impl RouteCache {
+    pub fn invalidate(&mut self, id: &str) {
+        self.parsed.remove(id);
+    }
+
+    pub fn clear(&mut self) {
+        self.parsed.clear();
+    }
+
+    fn get(&mut self, id: &str, value: &Value) -> Option<Arc<Route>> {
+        self.parsed
+            .entry(id.to_owned())
+            .or_insert_with(|| match Route::from_value(value) {
+                Ok(r) => Some(Arc::new(r)),
+                Err(e) => {
+                    tracing::warn!(route.id = %id, error = %e, "skipping invalid route");
+                    None
+                }
+            })
+            .clone()
     }
 }
 
@@ -98,15 +132,17 @@ pub fn build(
     config: &Config,
     revision: u64,
     cache: &mut BalancerCache,
+    routes: &mut RouteCache,
     plugin_cache: &mut PluginCache,
 ) -> Snapshot {
     let mut used = std::collections::HashSet::new();
     let mut upstream_for = |owner: String, value: &Value| -> Option<Arc<Balancer>> {
-        let up = Upstream::from_value(value)
+        let b = cache
+            .get(&owner, value)
             .map_err(|e| tracing::warn!(upstream.owner = %owner, error = %e, "skipping invalid upstream"))
             .ok()?;
-        used.insert(owner.clone());
-        Some(cache.get(&owner, value, &up))
+        used.insert(owner);
+        Some(b)
     };
 
     let services: HashMap<&str, Service> = config
@@ -123,12 +159,8 @@ pub fn build(
 
     let mut entries = Vec::with_capacity(config.routes.len());
     for (id, value) in &config.routes {
-        let route = match Route::from_value(value) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(route.id = %id, error = %e, "skipping invalid route");
-                continue;
-            }
+        let Some(route) = routes.get(id, value) else {
+            continue;
         };
         if route.status == Some(0) {
             continue;
