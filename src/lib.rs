@@ -66,7 +66,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             tracing::info!("admin key generated on first start; only its hash is stored")
         }
     }
-    let sessions = Arc::new(SessionStore::new(store.open_tree("sessions")?));
+    let sessions = Arc::new(SessionStore::new(
+        store.open_tree("sessions")?,
+        store.flusher(),
+    ));
     spawn_session_sweeper(sessions.clone());
     let env = Arc::new(PluginEnv { sessions });
     let live = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));

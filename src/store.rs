@@ -60,12 +60,76 @@ pub enum StoreError {
     Migration(#[from] migrations::MigrationError),
     #[error("store error: {0}")]
     Sled(#[from] sled::Error),
+    #[error("cannot write the store to disk: {0}")]
+    Flush(String),
     #[error("stored entry {key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
 }
 
+/// Makes writes durable with one thread calling sled's blocking `flush`.
+///
+/// sled 0.34 can deadlock when several `flush_async` calls run at once, so
+/// no caller flushes itself: each hands a waiter to this thread and awaits
+/// it. A flush covers every write committed before it began, so the
+/// waiters that queued up during one flush share the next.
+pub struct Flusher {
+    /// Waiters for the flusher thread; `None` once shutting down.
+    queue: std::sync::Mutex<Option<std::sync::mpsc::Sender<FlushWaiter>>>,
+    /// The thread, joined on drop so the database closes with the store.
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+type FlushWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+impl Flusher {
+    pub fn start(db: sled::Db) -> Result<Flusher, StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel::<FlushWaiter>();
+        let thread = std::thread::Builder::new()
+            .name("portcullis-flush".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut waiters = vec![first];
+                    waiters.extend(rx.try_iter());
+                    let result = db.flush().map(drop).map_err(|e| e.to_string());
+                    for w in waiters {
+                        let _ = w.send(result.clone());
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Flush(e.to_string()))?;
+        Ok(Flusher {
+            queue: std::sync::Mutex::new(Some(tx)),
+            thread: Some(thread),
+        })
+    }
+
+    /// Returns once everything written before the call is on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let gone = || StoreError::Flush("the flusher thread is gone".into());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|q| q.send(tx).ok())
+            .ok_or_else(gone)?;
+        rx.await.map_err(|_| gone())?.map_err(StoreError::Flush)
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 pub struct Store {
     db: sled::Db,
+    /// The one place durable writes are flushed from.
+    flusher: std::sync::Arc<Flusher>,
     /// Resources under their keys, plus the revision counter.
     tree: sled::Tree,
     /// Serialises writers so revisions are handed out in commit order and a
@@ -110,6 +174,7 @@ impl Store {
         };
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
         Ok(Store {
+            flusher: std::sync::Arc::new(Flusher::start(db.clone())?),
             db,
             tree,
             write_lock: Mutex::new(()),
@@ -147,6 +212,11 @@ impl Store {
         self.events.subscribe()
     }
 
+    /// The flusher, for other trees of the same database.
+    pub fn flusher(&self) -> std::sync::Arc<Flusher> {
+        self.flusher.clone()
+    }
+
     /// Another tree of the same database, for data that is not
     /// configuration (browser sessions).
     pub fn open_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
@@ -160,7 +230,7 @@ impl Store {
 
     pub async fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.db.insert(format!("meta/{key}"), value)?;
-        self.db.flush_async().await?;
+        self.flusher.flush().await?;
         Ok(())
     }
 
@@ -223,7 +293,7 @@ impl Store {
         };
 
         // Durable before the caller answers; concurrent flushes coalesce.
-        self.tree.flush_async().await.map_err(StoreError::from)?;
+        self.flusher.flush().await?;
         Ok(Committed {
             value: out,
             revision: Some(revision),
@@ -338,6 +408,37 @@ mod tests {
         let store = Store::open(&dir).unwrap();
         assert_eq!(store.revision(), 2);
         assert_eq!(store.list("/apisix/routes/").unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_all_become_durable() {
+        let dir = temp_dir("concurrent");
+        let store = std::sync::Arc::new(Store::open(&dir).unwrap());
+        let writers: Vec<_> = (0..32)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for j in 0..10 {
+                        store
+                            .update(|b| {
+                                b.put(&format!("/apisix/routes/{i}-{j}"), json!({"uri": "/x"}))
+                            })
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            tokio::time::timeout(std::time::Duration::from_secs(30), w)
+                .await
+                .expect("writes finish")
+                .unwrap();
+        }
+        assert_eq!(store.revision(), 320);
+        assert_eq!(store.list("/apisix/routes/").unwrap().len(), 320);
+        drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

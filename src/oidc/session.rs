@@ -103,6 +103,8 @@ pub enum TakeLogin {
 pub struct SessionStore {
     /// The `sessions` tree of the gateway's sled database.
     tree: sled::Tree,
+    /// The database's one flusher (see `store::Flusher`).
+    flusher: std::sync::Arc<crate::store::Flusher>,
     /// Sign-ins in progress, by state hash. Kept in memory and bounded:
     /// anyone can start a sign-in, so they must not fill the disk, and a
     /// sign-in lost to a restart is simply started again.
@@ -127,9 +129,10 @@ pub fn hash_hex(s: &str) -> String {
 }
 
 impl SessionStore {
-    pub fn new(tree: sled::Tree) -> SessionStore {
+    pub fn new(tree: sled::Tree, flusher: std::sync::Arc<crate::store::Flusher>) -> SessionStore {
         SessionStore {
             tree,
+            flusher,
             logins: Default::default(),
         }
     }
@@ -197,7 +200,7 @@ impl SessionStore {
     pub async fn create(&self, session: &Session) -> Result<String, String> {
         let id = random_token();
         self.put(&Self::key("s", &id), session)?;
-        self.tree.flush_async().await.map_err(|e| e.to_string())?;
+        self.flusher.flush().await.map_err(|e| e.to_string())?;
         Ok(id)
     }
 
@@ -251,13 +254,13 @@ impl SessionStore {
     /// Removes the session at `key`.
     pub async fn destroy(&self, key: &SessionKey) {
         let _ = self.tree.remove(key.0.as_bytes());
-        let _ = self.tree.flush_async().await;
+        let _ = self.flusher.flush().await;
     }
 
     /// Removes whatever id `id` names: a session or a rotated-out alias.
     pub async fn destroy_id(&self, id: &str) {
         let _ = self.tree.remove(Self::key("s", id));
-        let _ = self.tree.flush_async().await;
+        let _ = self.flusher.flush().await;
     }
 
     /// Removes expired sessions and stale logins; returns how many.
@@ -309,7 +312,11 @@ mod tests {
 
     fn store() -> SessionStore {
         let db = sled::Config::new().temporary(true).open().unwrap();
-        SessionStore::new(db.open_tree("sessions").unwrap())
+        let flusher = crate::store::Flusher::start(db.clone()).unwrap();
+        SessionStore::new(
+            db.open_tree("sessions").unwrap(),
+            std::sync::Arc::new(flusher),
+        )
     }
 
     fn session() -> Session {

@@ -206,3 +206,30 @@ fn anonymous_sign_in_starts_stay_bounded() {
         "data dir grew {before} → {after}"
     );
 }
+
+#[test]
+fn concurrent_admin_writes_all_complete() {
+    // sled 0.34 deadlocked when several writers flushed at once.
+    let gw = std::sync::Arc::new(Gateway::start());
+    let writers: Vec<_> = (0..16)
+        .map(|t| {
+            let gw = gw.clone();
+            thread::spawn(move || {
+                for i in 0..20 {
+                    let r = gw.admin(
+                        "PUT",
+                        &format!("/apisix/admin/routes/w{t}-{i}"),
+                        Some(json!({"uri": format!("/w/{t}/{i}"),
+                                    "upstream": {"nodes": {"127.0.0.1:1": 1}}})),
+                    );
+                    assert_eq!(r.status, 201, "{}", r.body);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer finished");
+    }
+    let list = gw.admin("GET", "/apisix/admin/routes", None);
+    assert_eq!(list.json()["total"], 320);
+}
