@@ -32,7 +32,7 @@ pub enum ClientAuth {
 /// A cached positive reply and how long it may be trusted.
 #[derive(Clone)]
 pub struct Active {
-    pub reply: Arc<serde_json::Map<String, Value>>,
+    pub reply: Arc<super::Identity>,
     ttl: Duration,
 }
 
@@ -166,7 +166,7 @@ impl Introspector {
             (Some(e), cap) => e.min(cap),
         };
         Ok(Active {
-            reply: Arc::new(reply),
+            reply: super::Identity::new(reply),
             ttl: Duration::from_secs(secs),
         })
     }

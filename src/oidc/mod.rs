@@ -26,6 +26,43 @@ pub enum AuthError {
     IssuerUnknown,
 }
 
+/// A token's verified claims (or introspection answer), shared by every
+/// request that carries the token while it is cached.
+pub struct Identity {
+    claims: serde_json::Map<String, serde_json::Value>,
+    /// `X-Userinfo`, encoded once on first use instead of per request.
+    userinfo: std::sync::OnceLock<Option<actix_web::http::header::HeaderValue>>,
+}
+
+impl Identity {
+    pub fn new(claims: serde_json::Map<String, serde_json::Value>) -> std::sync::Arc<Identity> {
+        std::sync::Arc::new(Identity {
+            claims,
+            userinfo: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Base64 of the claims as JSON, for `X-Userinfo`.
+    pub fn userinfo_header(&self) -> Option<&actix_web::http::header::HeaderValue> {
+        self.userinfo
+            .get_or_init(|| {
+                use base64::Engine;
+                let json = serde_json::to_vec(&self.claims).ok()?;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(json);
+                actix_web::http::header::HeaderValue::from_str(&b64).ok()
+            })
+            .as_ref()
+    }
+}
+
+impl std::ops::Deref for Identity {
+    type Target = serde_json::Map<String, serde_json::Value>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.claims
+    }
+}
+
 /// A short, stable, non-reversible name for a token, for logs and cache
 /// keys; never log the token itself.
 pub fn token_hash(token: &str) -> [u8; 32] {

@@ -13,7 +13,8 @@ use std::time::Duration;
 use moka::future::Cache;
 use moka::Expiry;
 
-use super::jwt::{now_secs, Claims};
+use super::jwt::now_secs;
+use super::Identity;
 
 /// Most verified tokens remembered per plugin configuration.
 pub const CAPACITY: u64 = 100_000;
@@ -21,7 +22,7 @@ pub const CAPACITY: u64 = 100_000;
 /// A token that passed every check.
 #[derive(Clone)]
 pub struct Verified {
-    pub claims: Arc<Claims>,
+    pub claims: Arc<Identity>,
     /// Unix seconds; the entry is useless after it.
     pub exp: u64,
     /// The key-set generation it was verified with (0 for a fixed key).
@@ -59,13 +60,13 @@ impl Default for VerifiedCache {
 impl VerifiedCache {
     /// The claims of `token` if it was verified with key-set `generation`
     /// and has not expired (`leeway` seconds allowed, as at verification).
-    pub async fn get(&self, token: &str, generation: u64, leeway: u64) -> Option<Arc<Claims>> {
+    pub async fn get(&self, token: &str, generation: u64, leeway: u64) -> Option<Arc<Identity>> {
         let hit = self.cache.get(&super::token_hash(token)).await?;
         (hit.generation == generation && now_secs() < hit.exp + leeway).then_some(hit.claims)
     }
 
     /// Remembers a verified token.
-    pub async fn insert(&self, token: &str, claims: Arc<Claims>, generation: u64) {
+    pub async fn insert(&self, token: &str, claims: Arc<Identity>, generation: u64) {
         let Some(exp) = claims.get("exp").and_then(serde_json::Value::as_u64) else {
             return;
         };

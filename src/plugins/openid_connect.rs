@@ -16,7 +16,6 @@ use std::time::Duration;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
-use base64::Engine;
 use futures_util::future::LocalBoxFuture;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::{Deserialize, Serialize};
@@ -30,7 +29,7 @@ use crate::oidc::introspection::{ClientAuth, Introspector};
 use crate::oidc::jwt::{self, Claims, Rules};
 use crate::oidc::provider::Provider;
 use crate::oidc::verified::VerifiedCache;
-use crate::oidc::{short_hash, AuthError};
+use crate::oidc::{short_hash, AuthError, Identity};
 
 /// Configuration of `openid-connect` (APISIX's schema; defaults noted).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -440,7 +439,7 @@ impl OpenIdConnect {
 
         // Verify it and learn its claims.
         let leeway = self.conf.access_token_expires_leeway;
-        let claims: Arc<Claims> = match &self.verifier {
+        let claims: Arc<Identity> = match &self.verifier {
             Verifier::Introspection(intro) => {
                 let endpoint = match &intro.endpoint {
                     Some(e) => e.clone(),
@@ -469,7 +468,7 @@ impl OpenIdConnect {
                     let head = jwt::header(token).map_err(Refusal::Invalid)?;
                     self.check_alg(head.alg, algs)?;
                     let issuers = self.issuers(ctx.client).await?;
-                    let claims = Arc::new(self.verify(token, head.alg, key, &issuers)?);
+                    let claims = Identity::new(self.verify(token, head.alg, key, &issuers)?);
                     self.verified.insert(token, claims.clone(), 0).await;
                     claims
                 }
@@ -514,7 +513,7 @@ impl OpenIdConnect {
                     let key = DecodingKey::from_jwk(jwk)
                         .map_err(|_| invalid("jwt signature verification failed: unusable key"))?;
                     let issuers = self.issuers(ctx.client).await?;
-                    let claims = Arc::new(self.verify(token, head.alg, &key, &issuers)?);
+                    let claims = Identity::new(self.verify(token, head.alg, &key, &issuers)?);
                     self.verified
                         .insert(token, claims.clone(), keys.generation)
                         .await;
@@ -537,11 +536,13 @@ impl OpenIdConnect {
             }
         }
         if self.conf.set_userinfo_header {
-            let json = serde_json::to_vec(&claims).unwrap_or_default();
-            let b64 = base64::engine::general_purpose::STANDARD.encode(json);
-            set(h, HeaderName::from_static("x-userinfo"), &b64);
+            if let Some(v) = claims.userinfo_header() {
+                h.insert(HeaderName::from_static("x-userinfo"), v.clone());
+            }
         }
-        tracing::info!(
+        // Allowed requests are logged at debug: one line per request at
+        // info would cost more than the check itself. Refusals stay at info.
+        tracing::debug!(
             route.id = %ctx.route_id,
             token.hash = %short_hash(token),
             authz.result = "allowed",

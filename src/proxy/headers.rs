@@ -138,11 +138,14 @@ pub fn strip_cookies(h: &mut HeaderMap, names: &[String]) {
 }
 
 /// Copies an upstream response's headers that may go to the client.
-pub fn client_response_headers(from: &awc::http::header::HeaderMap, to: &mut HeaderMap) {
+pub fn client_response_headers(
+    from: &awc::http::header::HeaderMap,
+    mut to: impl FnMut(&HeaderName, &HeaderValue),
+) {
     let nominated = nominated(from);
     for (name, value) in from.iter() {
         if is_end_to_end(name, &nominated) {
-            to.append(name.clone(), value.clone());
+            to(name, value);
         }
     }
 }

@@ -248,7 +248,9 @@ async fn forward(
     let client = clients.for_connect_timeout(connect);
     let mut payload = Some(payload);
     let mut last = ProxyError::UpstreamUnreachable;
-    for node in balancer.attempts() {
+    let mut attempts = balancer.attempts().peekable();
+    while let Some(node) = attempts.next() {
+        let last_attempt = attempts.peek().is_none();
         if let Some(cap) = balancer.retry_timeout {
             if started.elapsed() > cap {
                 break;
@@ -261,7 +263,11 @@ async fn forward(
             target
         );
         let mut creq = client.request(req.method().clone(), url.as_str());
-        *creq.headers_mut() = headers.clone();
+        *creq.headers_mut() = if last_attempt {
+            std::mem::take(&mut headers)
+        } else {
+            headers.clone()
+        };
         if let Some(h) = upstream_host(balancer, host_header, &node.authority) {
             creq.headers_mut().insert(header::HOST, h);
         }
@@ -369,11 +375,9 @@ where
         + 'static,
 {
     let mut out = HttpResponse::build(resp.status());
-    let mut copied = header::HeaderMap::new();
-    headers::client_response_headers(resp.headers(), &mut copied);
-    for (k, v) in copied.iter() {
+    headers::client_response_headers(resp.headers(), |k, v| {
         out.append_header((k.clone(), v.clone()));
-    }
+    });
     out.streaming(idle_timeout(resp, idle))
 }
 
