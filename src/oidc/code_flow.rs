@@ -256,22 +256,9 @@ pub async fn verify_id_token(
         return Err(bad("signed with an unexpected algorithm"));
     }
     let keys = provider.keys(client, head.kid.as_deref()).await?;
-    let jwk = match &head.kid {
-        Some(kid) => keys.set.find(kid),
-        None => {
-            let mut fitting = keys
-                .set
-                .keys
-                .iter()
-                .filter(|k| jwt::alg_fits_jwk(head.alg, k));
-            match (fitting.next(), fitting.next()) {
-                (Some(k), None) => Some(k),
-                _ => None,
-            }
-        }
-    }
-    .filter(|k| jwt::alg_fits_jwk(head.alg, k))
-    .ok_or_else(|| bad("no matching key"))?;
+    let jwk = jwt::select_key(&keys.set, &head)
+        .filter(|k| jwt::alg_fits_jwk(head.alg, k))
+        .ok_or_else(|| bad("no matching key"))?;
     let key = DecodingKey::from_jwk(jwk).map_err(|_| bad("unusable key"))?;
     let issuers = [rules.issuer.to_owned()];
     let claims = jwt::verify(

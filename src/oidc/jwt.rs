@@ -86,6 +86,21 @@ pub fn header(token: &str) -> Result<Header, AuthError> {
     Ok(Header { alg, kid })
 }
 
+/// The key a token names: by `kid`, or — when it names none — the only key
+/// whose type fits its algorithm (several fitting keys are ambiguous).
+pub fn select_key<'k>(set: &'k jsonwebtoken::jwk::JwkSet, head: &Header) -> Option<&'k Jwk> {
+    match &head.kid {
+        Some(kid) => set.find(kid),
+        None => {
+            let mut fitting = set.keys.iter().filter(|k| alg_fits_jwk(head.alg, k));
+            match (fitting.next(), fitting.next()) {
+                (Some(k), None) => Some(k),
+                _ => None,
+            }
+        }
+    }
+}
+
 /// Whether `alg` fits the key's type (and the key's own `alg`, if any).
 pub fn alg_fits_jwk(alg: Algorithm, jwk: &Jwk) -> bool {
     if let Some(key_alg) = &jwk.common.key_algorithm {

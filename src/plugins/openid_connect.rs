@@ -491,22 +491,9 @@ impl OpenIdConnect {
                         .keys(ctx.client, head.kid.as_deref())
                         .await
                         .map_err(Refusal::Invalid)?;
-                    let jwk = match &head.kid {
-                        Some(kid) => keys.set.find(kid),
-                        // No kid: only unambiguous when one key fits.
-                        None => {
-                            let mut fitting = keys
-                                .set
-                                .keys
-                                .iter()
-                                .filter(|k| jwt::alg_fits_jwk(head.alg, k));
-                            match (fitting.next(), fitting.next()) {
-                                (Some(k), None) => Some(k),
-                                _ => None,
-                            }
-                        }
-                    }
-                    .ok_or_else(|| invalid("jwt signature verification failed: no matching key"))?;
+                    let jwk = jwt::select_key(&keys.set, &head).ok_or_else(|| {
+                        invalid("jwt signature verification failed: no matching key")
+                    })?;
                     if !jwt::alg_fits_jwk(head.alg, jwk) {
                         return Err(invalid("token is signed by unexpected algorithm"));
                     }
