@@ -310,6 +310,82 @@ pub async fn verify_id_token(
     Ok(claims)
 }
 
+/// The event a back-channel logout token must carry.
+pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+/// Verifies a back-channel logout token (OpenID Connect Back-Channel
+/// Logout 1.0 §2.6) and returns its claims: signed with a provider key and
+/// a pinned algorithm, exact `iss`, `aud` naming the client, `iat`, `exp`,
+/// `jti`, the logout event, `sid` or `sub`, and no `nonce`.
+pub async fn verify_logout_token(
+    client: &awc::Client,
+    provider: &Provider,
+    token: &str,
+    rules: &IdTokenRules<'_>,
+) -> Result<Claims, AuthError> {
+    let bad = |m: &str| AuthError::InvalidToken(format!("logout token: {m}"));
+    let head = jwt::header(token)?;
+    if rules
+        .expected_alg
+        .is_some_and(|a| a != format!("{:?}", head.alg))
+    {
+        return Err(bad("signed with an unexpected algorithm"));
+    }
+    let keys = provider.keys(client, head.kid.as_deref()).await?;
+    let jwk = jwt::select_key(&keys.set, &head)
+        .filter(|k| jwt::alg_fits_jwk(head.alg, k))
+        .ok_or_else(|| bad("no matching key"))?;
+    let key = DecodingKey::from_jwk(jwk).map_err(|_| bad("unusable key"))?;
+    let issuers = [rules.issuer.to_owned()];
+    let claims = jwt::verify(
+        token,
+        head.alg,
+        &key,
+        &Rules {
+            issuers: &issuers,
+            leeway: rules.leeway,
+            iat_slack: rules.iat_slack,
+        },
+    )?;
+    let auds: Vec<&str> = match claims.get("aud") {
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        _ => return Err(bad("no aud")),
+    };
+    if !auds.contains(&rules.client_id) {
+        return Err(bad("aud does not name this client"));
+    }
+    if !claims.get("iat").is_some_and(Value::is_number) {
+        return Err(bad("no iat"));
+    }
+    if !claims.get("jti").is_some_and(Value::is_string) {
+        return Err(bad("no jti"));
+    }
+    if !claims
+        .get("events")
+        .and_then(Value::as_object)
+        .is_some_and(|e| {
+            e.get(BACKCHANNEL_LOGOUT_EVENT)
+                .is_some_and(Value::is_object)
+        })
+    {
+        return Err(bad("no back-channel logout event"));
+    }
+    let has = |c: &str| {
+        claims
+            .get(c)
+            .and_then(Value::as_str)
+            .is_some_and(|v| !v.is_empty())
+    };
+    if !has("sid") && !has("sub") {
+        return Err(bad("neither sid nor sub"));
+    }
+    if claims.contains_key("nonce") {
+        return Err(bad("a logout token must not carry a nonce"));
+    }
+    Ok(claims)
+}
+
 /// Fetches userinfo with the access token in the header; its `sub` must
 /// be the ID token's.
 pub async fn userinfo(

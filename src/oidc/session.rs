@@ -263,6 +263,24 @@ impl SessionStore {
         let _ = self.flusher.flush().await;
     }
 
+    /// Ends every session of `owner` that `matches` (back-channel logout);
+    /// returns how many. Scans the sessions: fine for the thousands a
+    /// gateway holds, and logouts are rare next to requests.
+    pub async fn end_where(&self, owner: &str, matches: impl Fn(&Session) -> bool) -> usize {
+        let mut ended = 0;
+        for (k, v) in self.tree.scan_prefix(b"s/").flatten() {
+            if let Ok(s) = serde_json::from_slice::<Session>(&v) {
+                if s.owner == owner && matches(&s) && self.tree.remove(&k).is_ok() {
+                    ended += 1;
+                }
+            }
+        }
+        if ended > 0 {
+            let _ = self.flusher.flush().await;
+        }
+        ended
+    }
+
     /// Removes expired sessions and stale logins; returns how many.
     pub fn sweep(&self) -> usize {
         let now = now_secs();

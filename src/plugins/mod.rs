@@ -35,6 +35,9 @@ pub struct Ctx<'a> {
     /// Headers added to whatever answer the client gets (e.g. a renewed
     /// session cookie, CORS headers).
     pub response_headers: &'a mut HeaderMap,
+    /// The request body, for a plugin that answers the request itself
+    /// (a back-channel logout); reading it means nothing is forwarded.
+    pub payload: &'a mut actix_web::web::Payload,
 }
 
 /// What plugins may use besides their configuration; one per process.

@@ -36,6 +36,8 @@ use crate::oidc::session::{
 use crate::oidc::{short_hash, AuthError};
 use crate::proxy::headers::strip_cookies;
 
+/// Largest back-channel logout request body accepted.
+const MAX_LOGOUT_BODY: usize = 64 * 1024;
 /// Default session cookie name.
 pub const DEFAULT_COOKIE: &str = "portcullis_session";
 /// Suffix of APISIX's default `redirect_uri`.
@@ -71,6 +73,8 @@ pub struct BrowserFlow {
     scope: String,
     redirect_uri: Option<String>,
     logout_path: String,
+    /// Where the provider POSTs back-channel logout tokens, if enabled.
+    backchannel_logout_path: Option<String>,
     post_logout_redirect_uri: Option<String>,
     use_pkce: bool,
     unauth: Unauth,
@@ -112,6 +116,14 @@ pub fn check(obj: &Map<String, Value>) -> Checked {
         }
     })?;
     opt(obj, "logout_path", |v| {
+        let s = check::string(v, 1, 4096)?;
+        if s.starts_with('/') {
+            Ok(())
+        } else {
+            Err(format!("\"{s}\" must start with /"))
+        }
+    })?;
+    opt(obj, "backchannel_logout_path", |v| {
         let s = check::string(v, 1, 4096)?;
         if s.starts_with('/') {
             Ok(())
@@ -204,6 +216,7 @@ impl BrowserFlow {
             scope: s("scope").unwrap_or_else(|| "openid".into()),
             redirect_uri: s("redirect_uri"),
             logout_path: s("logout_path").unwrap_or_else(|| "/logout".into()),
+            backchannel_logout_path: s("backchannel_logout_path"),
             post_logout_redirect_uri: s("post_logout_redirect_uri"),
             use_pkce: b("use_pkce", true),
             unauth: match s("unauth_action").as_deref() {
@@ -268,6 +281,11 @@ impl BrowserFlow {
         // upstream never sees it, whatever happens next.
         let ours = [self.cookie_name.clone(), self.login_cookie_name()];
         strip_cookies(ctx.upstream_headers, &ours);
+        if self.backchannel_logout_path.as_deref() == Some(ctx.path)
+            && ctx.req.method() == actix_web::http::Method::POST
+        {
+            return Err(self.backchannel_logout(ctx, provider, common).await);
+        }
         let redirect_uri = self.redirect_uri(ctx);
         if ctx.path == uri_path(&redirect_uri) {
             return Err(self.callback(ctx, provider, common, &redirect_uri).await);
@@ -746,6 +764,75 @@ impl BrowserFlow {
         if self.set_raw_id_token_header {
             set(h, HeaderName::from_static("x-raw-id-token"), &s.id_token);
         }
+    }
+
+    /// The provider ends sessions directly (Back-Channel Logout 1.0): every
+    /// session of this client with the token's `sid`, or, without one,
+    /// every session of its `sub`.
+    async fn backchannel_logout(
+        &self,
+        ctx: &mut Ctx<'_>,
+        provider: &Provider,
+        common: &Common<'_>,
+    ) -> HttpResponse {
+        let refuse = |reason: &str| {
+            tracing::info!(route.id = %ctx.route_id, authz.result = "denied", reason = %reason, "back-channel logout refused");
+            HttpResponse::BadRequest()
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .json(serde_json::json!({"error": "invalid_request", "error_description": reason}))
+        };
+
+        // The form body: small, and only `logout_token` matters.
+        let mut body = Vec::new();
+        while let Some(chunk) = futures_util::StreamExt::next(ctx.payload).await {
+            let Ok(chunk) = chunk else {
+                return refuse("unreadable body");
+            };
+            if body.len() + chunk.len() > MAX_LOGOUT_BODY {
+                return refuse("body too large");
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let form = String::from_utf8_lossy(&body);
+        let Some(token) = crate::admin::resources::query_param(&form, "logout_token") else {
+            return refuse("no logout_token");
+        };
+
+        let discovery = match trusted_discovery(provider, ctx.client).await {
+            Ok(d) => d,
+            Err(e) => return unavailable(&e),
+        };
+        let rules = IdTokenRules {
+            issuer: &discovery.issuer,
+            client_id: &self.creds.client_id,
+            nonce: None,
+            sub: None,
+            iat_slack: common.iat_slack,
+            leeway: common.leeway,
+            expected_alg: common.expected_alg,
+        };
+        let claims =
+            match code_flow::verify_logout_token(ctx.client, provider, &token, &rules).await {
+                Ok(c) => c,
+                Err(e) => return refuse(&e.to_string()),
+            };
+        let claim = |c: &str| claims.get(c).and_then(Value::as_str).map(str::to_owned);
+        let (sid, sub) = (claim("sid"), claim("sub"));
+        let ended = self
+            .sessions
+            .end_where(&self.owner, |s| {
+                let own = |c: &str| s.id_claims.get(c).and_then(Value::as_str);
+                match (&sid, &sub) {
+                    (Some(sid), _) => own("sid") == Some(sid.as_str()),
+                    (None, Some(sub)) => own("sub") == Some(sub.as_str()),
+                    (None, None) => false,
+                }
+            })
+            .await;
+        tracing::info!(route.id = %ctx.route_id, sessions.ended = ended, authz.result = "signed-out", "back-channel logout");
+        HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .finish()
     }
 
     /// Step 2: end the session here, then at the provider.

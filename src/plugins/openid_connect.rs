@@ -191,6 +191,7 @@ const BROWSER_FIELDS: &[&str] = &[
     "set_raw_id_token_header",
     "access_token_expires_in",
     "spa_aware",
+    "backchannel_logout_path",
 ];
 
 const ALGORITHMS: &[&str] = &[

@@ -108,7 +108,7 @@ pub async fn handle(
 
 async fn forward(
     req: &HttpRequest,
-    payload: web::Payload,
+    mut payload: web::Payload,
     state: &ProxyState,
     clients: &Clients,
 ) -> Result<HttpResponse, ProxyError> {
@@ -178,6 +178,7 @@ async fn forward(
             client: &idp_client,
             upstream_headers: &mut headers,
             response_headers: &mut extra_response_headers,
+            payload: &mut payload,
         };
         for plugin in plugins {
             if let Err(mut answer) = plugin.access(&mut ctx).await {
