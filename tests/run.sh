@@ -7,7 +7,7 @@
 # Installs what the tests need first: the identity provider's npm packages
 # and the browser test's playwright-core (`npm ci`, from the lockfiles), and
 # Debian's chromium for the browser test of the full-stack demo (installed
-# only when running as root in CI; elsewhere a missing one is an error).
+# with apt-get when running as root; otherwise a missing one is an error).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +18,7 @@ fi
 npm ci --prefix tests/idp --no-audit --no-fund --loglevel=error
 npm ci --prefix tests/e2e --no-audit --no-fund --loglevel=error
 if [ ! -x /usr/bin/chromium ]; then
-  if [ "$(id -u)" = 0 ] && [ -n "${CI:-}" ]; then
+  if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
   else
