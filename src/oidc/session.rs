@@ -204,9 +204,16 @@ impl SessionStore {
         Ok(id)
     }
 
-    /// Replaces the session record at `key`.
-    pub fn update(&self, key: &SessionKey, session: &Session) -> Result<(), String> {
-        self.put(&key.0, session)
+    /// Replaces the session record at `key` if it still exists; a session
+    /// ended meanwhile (logout, back-channel logout) stays ended. Returns
+    /// whether it was written.
+    pub fn update(&self, key: &SessionKey, session: &Session) -> Result<bool, String> {
+        let raw = serde_json::to_vec(session).map_err(|e| e.to_string())?;
+        let written = self
+            .tree
+            .update_and_fetch(key.0.as_bytes(), |old| old.map(|_| raw.clone()))
+            .map_err(|e| e.to_string())?;
+        Ok(written.is_some())
     }
 
     /// Finds a live session, removing it when its time is up. The old id
@@ -243,11 +250,21 @@ impl SessionStore {
         let new_id = random_token();
         let new_key = Self::key("s", &new_id);
         self.put(&new_key, session)?;
-        let moved = Moved {
-            moved_to: new_key,
+        let moved = serde_json::to_vec(&Moved {
+            moved_to: new_key.clone(),
             until: now_secs() + ROTATED_GRACE,
-        };
-        self.put(&key.0, &moved)?;
+        })
+        .map_err(|e| e.to_string())?;
+        // Only while the old record still exists: a session ended
+        // meanwhile must not come back under its new id.
+        let replaced = self
+            .tree
+            .update_and_fetch(key.0.as_bytes(), |old| old.map(|_| moved.clone()))
+            .map_err(|e| e.to_string())?;
+        if replaced.is_none() {
+            let _ = self.tree.remove(new_key.as_bytes());
+            return Err("the session ended".into());
+        }
         Ok(new_id)
     }
 

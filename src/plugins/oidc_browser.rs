@@ -725,9 +725,15 @@ impl BrowserFlow {
             session.refresh_token = tokens.refresh_token;
         }
         session.last_seen = now;
-        self.sessions
+        let still_there = self
+            .sessions
             .update(key, &session)
             .map_err(AuthError::ProviderUnavailable)?;
+        if !still_there {
+            return Err(AuthError::InvalidToken(
+                "the session ended during the refresh".into(),
+            ));
+        }
         Ok(Arc::new(session))
     }
 

@@ -5,7 +5,8 @@
 //   IDP_CONFIG=/path/to/config.json             (optional, see README.md)
 //
 // stdout carries exactly one line, `READY <issuer>`; everything else goes to stderr.
-// Extra endpoints: GET /__stats (path -> request count), POST /__stats/reset.
+// Extra endpoints: GET /__stats (path -> request count), POST /__stats/reset,
+// GET /__backchannel (every back-channel logout delivery so far, oldest first).
 
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -167,6 +168,9 @@ function buildConfiguration(cfg) {
       devInteractions: { enabled: true },
       clientCredentials: { enabled: true },
       rpInitiatedLogout: { enabled: true },
+      // Clients with `backchannel_logout_uri` get a logout token POSTed there when the
+      // user logs out at /session/end (with `sid` if `backchannel_logout_session_required`).
+      backchannelLogout: { enabled: true },
       userinfo: { enabled: true },
       introspection: {
         enabled: true,
@@ -226,6 +230,17 @@ function buildConfiguration(cfg) {
       Grant: Math.max(cfg.refreshTokenTtl, 3600),
     },
     clientBasedCORS: () => true,
+    // Outgoing requests (back-channel logout deliveries): oidc-provider's default dispatcher
+    // refuses special-use addresses, loopback included, and the gateway under test listens on
+    // 127.0.0.1. This test provider may reach 127.0.0.1 only, and nothing else at all.
+    fetch(url, options) {
+      const target = new URL(url);
+      if (target.hostname !== HOST) {
+        return Promise.reject(new Error(`test IdP: refusing to fetch ${target.origin} (only ${HOST})`));
+      }
+      const { dispatcher: _ssrfGuard, ...rest } = options;
+      return globalThis.fetch(url, rest);
+    },
   };
 }
 
@@ -242,11 +257,30 @@ function main() {
     const provider = new Provider(issuer, configuration);
     provider.proxy = false;
 
+    // Back-channel logout deliveries, for tests to check what the client answered.
+    const backchannel = [];
+    provider.on('backchannel.success', (_ctx, client, accountId, sid) => {
+      backchannel.push({ client_id: client.clientId, sub: accountId, sid: sid ?? null, ok: true });
+    });
+    provider.on('backchannel.error', (_ctx, err, client, accountId, sid) => {
+      // fetch() reports network failures as "fetch failed" with the reason in `cause`.
+      const error = err.cause ? `${err.message}: ${err.cause.code ?? ''} ${err.cause.message ?? err.cause}` : err.message;
+      console.error(`idp backchannel.error (${client.clientId}): ${error}`);
+      backchannel.push({
+        client_id: client.clientId, sub: accountId, sid: sid ?? null, ok: false, error: String(error),
+      });
+    });
+
     const stats = new Map();
     provider.use(async (ctx, next) => {
       if (ctx.path === '/__stats' && ctx.method === 'GET') {
         ctx.set('cache-control', 'no-store');
         ctx.body = Object.fromEntries(stats);
+        return;
+      }
+      if (ctx.path === '/__backchannel' && ctx.method === 'GET') {
+        ctx.set('cache-control', 'no-store');
+        ctx.body = backchannel;
         return;
       }
       if (ctx.path === '/__stats/reset' && ctx.method === 'POST') {

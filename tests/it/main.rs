@@ -5,6 +5,7 @@ mod bearer;
 mod browser;
 mod cors;
 mod hardening;
+mod logout;
 mod proxy;
 mod support;
 mod support_selftest;

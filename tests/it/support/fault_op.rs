@@ -10,6 +10,13 @@
 //! by a test-supplied function ([`FaultOp::set_id_token`]); the default
 //! one signs correct claims with [`K1`] under kid `k1`. Loopback only;
 //! every endpoint counts its hits and every request is logged.
+//!
+//! For logout tests: [`FaultOp::set_sid`] puts a per-login `sid` in ID
+//! tokens, [`FaultOp::set_end_session`] advertises an `end_session_endpoint`
+//! that sends the browser back with the state unchanged, altered or
+//! missing, and [`FaultOp::logout_claims`] with [`logout_token`] /
+//! [`sign_logout_token`] / [`unsigned_token`] make back-channel logout
+//! tokens.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -39,6 +46,9 @@ pub struct Grant {
     /// The nonce of the authorization request, if one was sent.
     pub nonce: Option<String>,
     pub sub: String,
+    /// The provider session id (`sid`) put in the ID token, when
+    /// [`FaultOp::set_sid`] is on: one per code-flow login, kept on refresh.
+    pub sid: Option<String>,
 }
 
 impl Grant {
@@ -55,6 +65,9 @@ impl Grant {
         });
         if let Some(n) = &self.nonce {
             c["nonce"] = json!(n);
+        }
+        if let Some(sid) = &self.sid {
+            c["sid"] = json!(sid);
         }
         c
     }
@@ -100,6 +113,33 @@ struct State {
     authorizations: Vec<Authz>,
     hits: HashMap<String, u64>,
     calls: Vec<Call>,
+    /// Whether ID tokens carry a `sid` (one per code-flow login).
+    sid_claim: bool,
+    /// refresh token → the `sid` of the login it came from.
+    refresh_sid: HashMap<String, Option<String>>,
+    /// Every ID token issued, with what it was minted for.
+    id_tokens: Vec<(String, Grant)>,
+    /// How `/end_session` answers; `None` = not advertised (404).
+    end_session: Option<EndSession>,
+    /// Every `/end_session` request so far.
+    end_sessions: Vec<Authz>,
+    /// How long `/token` waits before answering a refresh.
+    refresh_delay: Duration,
+}
+
+/// The event key of a back-channel logout token.
+pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+/// What `/end_session` does with the `state` when it sends the browser
+/// back to `post_logout_redirect_uri` (RP certification rows 43–45).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndSession {
+    /// Returns the state unchanged.
+    Echo,
+    /// Returns `state + "_INVALID"`.
+    Invalid,
+    /// Returns no state at all.
+    Missing,
 }
 
 /// The scripted code-flow provider on `127.0.0.1:<ephemeral>`. Drop stops it.
@@ -134,6 +174,12 @@ impl FaultOp {
             authorizations: Vec::new(),
             hits: HashMap::new(),
             calls: Vec::new(),
+            sid_claim: false,
+            refresh_sid: HashMap::new(),
+            id_tokens: Vec::new(),
+            end_session: None,
+            end_sessions: Vec::new(),
+            refresh_delay: Duration::ZERO,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let dispatcher = {
@@ -234,6 +280,95 @@ impl FaultOp {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("fault OP state poisoned")
     }
+
+    /// The issuer tokens carry: the one of [`FaultOp::set_issuer`], else
+    /// the base URL.
+    pub fn issuer(&self) -> String {
+        self.lock()
+            .issuer
+            .clone()
+            .unwrap_or_else(|| self.base_url())
+    }
+
+    /// Gives every code-flow login its own `sid` in the ID token from now
+    /// on (kept by refreshes of that login), like a provider session.
+    pub fn set_sid(&self, on: bool) {
+        self.lock().sid_claim = on;
+    }
+
+    /// Every ID token issued so far (raw, and what it was minted for),
+    /// oldest first.
+    pub fn id_tokens(&self) -> Vec<(String, Grant)> {
+        self.lock().id_tokens.clone()
+    }
+
+    /// Advertises `end_session_endpoint` (`<base>/end_session`) in discovery
+    /// and answers it as `mode` says; `None` (the default) advertises none.
+    /// The endpoint refuses (400) an `id_token_hint` it did not issue;
+    /// otherwise it sends the browser to `post_logout_redirect_uri` (302)
+    /// with the state as `mode` says, or answers 200 when none was given.
+    pub fn set_end_session(&self, mode: Option<EndSession>) {
+        self.lock().end_session = mode;
+    }
+
+    /// Every `/end_session` request so far, oldest first.
+    pub fn end_sessions(&self) -> Vec<Authz> {
+        self.lock().end_sessions.clone()
+    }
+
+    /// Makes `/token` wait this long before answering a refresh.
+    pub fn set_refresh_delay(&self, d: Duration) {
+        self.lock().refresh_delay = d;
+    }
+
+    /// Claims of a correct back-channel logout token from this provider for
+    /// [`CLIENT_ID`]: `iss`, `aud`, `iat`, `exp` (+120 s), a fresh `jti`, the
+    /// logout event, and `sub` / `sid` when given.
+    pub fn logout_claims(&self, sub: Option<&str>, sid: Option<&str>) -> Value {
+        let now = now();
+        let mut c = json!({
+            "iss": self.issuer(),
+            "aud": CLIENT_ID,
+            "iat": now,
+            "exp": now + 120,
+            "jti": random(),
+            "events": {BACKCHANNEL_LOGOUT_EVENT: {}},
+        });
+        if let Some(sub) = sub {
+            c["sub"] = json!(sub);
+        }
+        if let Some(sid) = sid {
+            c["sid"] = json!(sid);
+        }
+        c
+    }
+}
+
+/// A logout token: `claims` signed with [`K1`] (RS256) under kid `k1`,
+/// `typ: logout+jwt`, as a provider sends it.
+pub fn logout_token(claims: &Value) -> String {
+    sign_logout_token(&K1, Some("k1"), K1.alg, claims)
+}
+
+/// A logout token signed with `key` under `alg` (whatever the key's own),
+/// header `{"alg": alg, "typ": "logout+jwt", "kid": kid}`.
+pub fn sign_logout_token(
+    key: &TestKey,
+    kid: Option<&str>,
+    alg: jsonwebtoken::Algorithm,
+    claims: &Value,
+) -> String {
+    let mut header = json!({"alg": format!("{alg:?}"), "typ": "logout+jwt"});
+    if let Some(kid) = kid {
+        header["kid"] = json!(kid);
+    }
+    sign_with(&header, claims, &key.encoding(), alg)
+}
+
+/// `claims` as an unsecured JWT (`alg: none`, empty signature).
+pub fn unsigned_token(claims: &Value) -> String {
+    let head = b64(json!({"alg": "none", "typ": "logout+jwt"}).to_string());
+    format!("{head}.{}.", b64(claims.to_string()))
 }
 
 impl Drop for FaultOp {
@@ -316,6 +451,12 @@ fn handle(mut req: Request, addr: SocketAddr, state: &Mutex<State>) {
             .map(|(_, v)| v.clone())
     };
     let base = format!("http://{addr}");
+    if path == "/token"
+        && parse_form(&body).get("grant_type").map(String::as_str) == Some("refresh_token")
+    {
+        let delay = state.lock().expect("fault OP state poisoned").refresh_delay;
+        thread::sleep(delay);
+    }
     let mut s = state.lock().expect("fault OP state poisoned");
     *s.hits.entry(path.clone()).or_insert(0) += 1;
     s.calls.push(Call {
@@ -326,9 +467,8 @@ fn handle(mut req: Request, addr: SocketAddr, state: &Mutex<State>) {
     });
     let json_reply = |status: u16, v: Value| (status, v.to_string(), None::<String>);
     let (status, answer, location) = match path.as_str() {
-        DISCOVERY_PATH => json_reply(
-            200,
-            json!({
+        DISCOVERY_PATH => {
+            let mut doc = json!({
                 "issuer": s.issuer.clone().unwrap_or_else(|| base.clone()),
                 "authorization_endpoint": format!("{base}/authorize"),
                 "token_endpoint": format!("{base}/token"),
@@ -337,8 +477,15 @@ fn handle(mut req: Request, addr: SocketAddr, state: &Mutex<State>) {
                 "response_types_supported": ["code"],
                 "id_token_signing_alg_values_supported": ["RS256", "ES256"],
                 "code_challenge_methods_supported": ["S256"],
-            }),
-        ),
+            });
+            if s.end_session.is_some() {
+                doc["end_session_endpoint"] = json!(format!("{base}/end_session"));
+                doc["backchannel_logout_supported"] = json!(true);
+                doc["backchannel_logout_session_supported"] = json!(true);
+            }
+            json_reply(200, doc)
+        }
+        "/end_session" if s.end_session.is_some() => end_session(&mut s, &query),
         "/jwks" => json_reply(200, json!({"keys": s.jwks})),
         "/authorize" => {
             let params = parse_form(&query);
@@ -414,7 +561,7 @@ fn token(
 ) -> (u16, String, Option<String>) {
     let err = |e: &str| (400, json!({"error": e}).to_string(), None);
     let issuer = s.issuer.clone().unwrap_or_else(|| base.to_string());
-    let (sub, nonce) = match form.get("grant_type").map(String::as_str) {
+    let (sub, nonce, sid) = match form.get("grant_type").map(String::as_str) {
         Some("authorization_code") => {
             let Some(authz) = form.get("code").and_then(|c| s.codes.remove(c)) else {
                 return err("invalid_grant");
@@ -434,13 +581,18 @@ fn token(
                     return err("invalid_grant");
                 }
             }
-            (s.sub.clone(), authz.get("nonce").map(str::to_owned))
+            let sid = s.sid_claim.then(random);
+            (s.sub.clone(), authz.get("nonce").map(str::to_owned), sid)
         }
         Some("refresh_token") => {
             let Some(sub) = form.get("refresh_token").and_then(|r| s.refresh.remove(r)) else {
                 return err("invalid_grant");
             };
-            (sub, None)
+            let sid = form
+                .get("refresh_token")
+                .and_then(|r| s.refresh_sid.remove(r))
+                .flatten();
+            (sub, None, sid)
         }
         _ => return err("unsupported_grant_type"),
     };
@@ -449,8 +601,10 @@ fn token(
         client_id: CLIENT_ID.into(),
         nonce,
         sub: sub.clone(),
+        sid: sid.clone(),
     };
     let id_token = (s.minter)(&grant);
+    s.id_tokens.push((id_token.clone(), grant));
     let mut access = format!("at-{}", random());
     while access.len() < s.access_token_padding {
         access.push_str(&random());
@@ -458,6 +612,7 @@ fn token(
     let refresh = format!("rt-{}", random());
     s.access.insert(access.clone(), sub.clone());
     s.refresh.insert(refresh.clone(), sub);
+    s.refresh_sid.insert(refresh.clone(), sid);
     (
         200,
         json!({
@@ -470,4 +625,39 @@ fn token(
         .to_string(),
         None,
     )
+}
+
+/// `/end_session`: RP-initiated logout as [`FaultOp::set_end_session`] says.
+fn end_session(s: &mut State, query: &str) -> (u16, String, Option<String>) {
+    let params = parse_form(query);
+    s.end_sessions.push(Authz {
+        params: params.clone(),
+    });
+    let known_hint = params
+        .get("id_token_hint")
+        .is_some_and(|h| s.id_tokens.iter().any(|(t, _)| t == h));
+    if !known_hint {
+        return (
+            400,
+            json!({"error": "invalid_request", "error_description": "unknown id_token_hint"})
+                .to_string(),
+            None,
+        );
+    }
+    let Some(target) = params.get("post_logout_redirect_uri") else {
+        return (200, json!({"logged_out": true}).to_string(), None);
+    };
+    let state = match (s.end_session, params.get("state")) {
+        (Some(EndSession::Echo), Some(st)) => Some(st.clone()),
+        (Some(EndSession::Invalid), Some(st)) => Some(format!("{st}_INVALID")),
+        _ => None,
+    };
+    let location = match state {
+        Some(st) => {
+            let sep = if target.contains('?') { '&' } else { '?' };
+            format!("{target}{sep}state={}", percent_encode(&st))
+        }
+        None => target.clone(),
+    };
+    (302, String::new(), Some(location))
 }
