@@ -238,16 +238,17 @@ pub struct IdTokenRules<'a> {
     pub expected_alg: Option<&'a str>,
 }
 
-/// Verifies an ID token and returns its claims.
-pub async fn verify_id_token(
+/// The provider-signed JWT part shared by ID and logout tokens: a key of
+/// the provider chosen by `kid`, the algorithm pinned, exact `iss`, the
+/// time claims; then the audiences, which must name the client.
+async fn verify_provider_jwt(
     client: &awc::Client,
     provider: &Provider,
     token: &str,
     rules: &IdTokenRules<'_>,
-) -> Result<Claims, AuthError> {
-    let bad = |m: &str| AuthError::InvalidToken(format!("id token: {m}"));
-
-    // Signature with a key of the provider, algorithm pinned.
+    what: &str,
+) -> Result<(Claims, Vec<String>), AuthError> {
+    let bad = |m: &str| AuthError::InvalidToken(format!("{what}: {m}"));
     let head = jwt::header(token)?;
     if rules
         .expected_alg
@@ -271,16 +272,35 @@ pub async fn verify_id_token(
             iat_slack: rules.iat_slack,
         },
     )?;
-
-    // OpenID Connect Core 3.1.3.7.
-    let auds: Vec<&str> = match claims.get("aud") {
-        Some(Value::String(s)) => vec![s.as_str()],
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+    let auds: Vec<String> = match claims.get("aud") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
         _ => return Err(bad("no aud")),
     };
-    if !auds.contains(&rules.client_id) {
+    if !auds.iter().any(|a| a == rules.client_id) {
         return Err(bad("aud does not name this client"));
     }
+    if !claims.get("iat").is_some_and(Value::is_number) {
+        return Err(bad("no iat"));
+    }
+    Ok((claims, auds))
+}
+
+/// Verifies an ID token and returns its claims.
+pub async fn verify_id_token(
+    client: &awc::Client,
+    provider: &Provider,
+    token: &str,
+    rules: &IdTokenRules<'_>,
+) -> Result<Claims, AuthError> {
+    let bad = |m: &str| AuthError::InvalidToken(format!("id token: {m}"));
+    let (claims, auds) = verify_provider_jwt(client, provider, token, rules, "id token").await?;
+
+    // OpenID Connect Core 3.1.3.7.
     if auds.len() > 1 && claims.get("azp").and_then(Value::as_str) != Some(rules.client_id) {
         return Err(bad("several audiences and azp is not this client"));
     }
@@ -288,9 +308,6 @@ pub async fn verify_id_token(
         if azp != rules.client_id {
             return Err(bad("azp is not this client"));
         }
-    }
-    if !claims.get("iat").is_some_and(Value::is_number) {
-        return Err(bad("no iat"));
     }
     let sub = claims
         .get("sub")
@@ -324,40 +341,7 @@ pub async fn verify_logout_token(
     rules: &IdTokenRules<'_>,
 ) -> Result<Claims, AuthError> {
     let bad = |m: &str| AuthError::InvalidToken(format!("logout token: {m}"));
-    let head = jwt::header(token)?;
-    if rules
-        .expected_alg
-        .is_some_and(|a| a != format!("{:?}", head.alg))
-    {
-        return Err(bad("signed with an unexpected algorithm"));
-    }
-    let keys = provider.keys(client, head.kid.as_deref()).await?;
-    let jwk = jwt::select_key(&keys.set, &head)
-        .filter(|k| jwt::alg_fits_jwk(head.alg, k))
-        .ok_or_else(|| bad("no matching key"))?;
-    let key = DecodingKey::from_jwk(jwk).map_err(|_| bad("unusable key"))?;
-    let issuers = [rules.issuer.to_owned()];
-    let claims = jwt::verify(
-        token,
-        head.alg,
-        &key,
-        &Rules {
-            issuers: &issuers,
-            leeway: rules.leeway,
-            iat_slack: rules.iat_slack,
-        },
-    )?;
-    let auds: Vec<&str> = match claims.get("aud") {
-        Some(Value::String(s)) => vec![s.as_str()],
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
-        _ => return Err(bad("no aud")),
-    };
-    if !auds.contains(&rules.client_id) {
-        return Err(bad("aud does not name this client"));
-    }
-    if !claims.get("iat").is_some_and(Value::is_number) {
-        return Err(bad("no iat"));
-    }
+    let (claims, _) = verify_provider_jwt(client, provider, token, rules, "logout token").await?;
     if !claims.get("jti").is_some_and(Value::is_string) {
         return Err(bad("no jti"));
     }
