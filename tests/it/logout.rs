@@ -10,7 +10,6 @@
 //! Back-channel requests carry no cookie (the provider sends them) unless
 //! a test says otherwise; redirects are never followed automatically.
 
-use std::collections::HashMap;
 use std::thread;
 use std::time::Duration;
 
@@ -18,8 +17,9 @@ use base64::Engine;
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 
+use crate::support::browser::*;
 use crate::support::fault_op::{
-    self, logout_token, parse_form, sign_logout_token, unsigned_token, EndSession, FaultOp, Grant,
+    self, logout_token, sign_logout_token, unsigned_token, EndSession, FaultOp, Grant,
     BACKCHANNEL_LOGOUT_EVENT, CLIENT_ID, CLIENT_SECRET, E1, K1, KX,
 };
 use crate::support::gateway::http_request;
@@ -27,157 +27,11 @@ use crate::support::{EchoUpstream, Gateway, Idp, Resp};
 
 const COOKIE: &str = "portcullis_session";
 const BCL: &str = "/app/backchannel-logout";
-/// What a browser sends on a top-level navigation.
-const NAV: &[(&str, &str)] = &[(
-    "Accept",
-    "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
-)];
-
-// ---------------------------------------------------------------------------
-// a test browser: a cookie jar (per host, like a browser) and no automatic
-// redirects
-
-#[derive(Debug, Clone)]
-struct JarCookie {
-    name: String,
-    value: String,
-    path: String,
-}
-
-struct Browser {
-    agent: ureq::Agent,
-    jar: Vec<JarCookie>,
-}
-
-impl Browser {
-    fn new() -> Browser {
-        Browser {
-            agent: agent(),
-            jar: Vec::new(),
-        }
-    }
-
-    fn cookie_header(&self, path: &str) -> Option<String> {
-        let v: Vec<String> = self
-            .jar
-            .iter()
-            .filter(|c| path_matches(path, &c.path))
-            .map(|c| format!("{}={}", c.name, c.value))
-            .collect();
-        (!v.is_empty()).then(|| v.join("; "))
-    }
-
-    fn request(
-        &mut self,
-        method: &str,
-        url: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-    ) -> Resp {
-        let path = url_path(url);
-        let cookie = self.cookie_header(&path);
-        let mut h = headers.to_vec();
-        if let Some(c) = &cookie {
-            h.push(("Cookie", c));
-        }
-        let resp = http_request(&self.agent, method, url, &h, body)
-            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-        for line in resp.header_all("set-cookie") {
-            self.store(line, &path);
-        }
-        resp
-    }
-
-    /// A top-level navigation.
-    fn nav(&mut self, url: &str) -> Resp {
-        self.request("GET", url, NAV, None)
-    }
-
-    fn post_form(&mut self, url: &str, form: &[(&str, &str)]) -> Resp {
-        let mut h = NAV.to_vec();
-        h.push(("Content-Type", "application/x-www-form-urlencoded"));
-        self.request("POST", url, &h, Some(form_body(form).as_bytes()))
-    }
-
-    /// Applies one `Set-Cookie` line.
-    fn store(&mut self, line: &str, req_path: &str) {
-        let mut parts = line.split(';');
-        let Some((name, value)) = parts.next().and_then(|p| p.trim().split_once('=')) else {
-            return;
-        };
-        let mut path = match req_path.rfind('/') {
-            Some(0) | None => "/".to_string(),
-            Some(i) => req_path[..i].to_string(),
-        };
-        let mut delete = false;
-        for attr in parts {
-            let (k, v) = attr.trim().split_once('=').unwrap_or((attr.trim(), ""));
-            match k.to_ascii_lowercase().as_str() {
-                "path" => path = v.to_string(),
-                "max-age" => delete |= v.parse::<i64>().is_ok_and(|n| n <= 0),
-                "expires" => delete |= v.contains("1970"),
-                _ => {}
-            }
-        }
-        self.jar.retain(|c| !(c.name == name && c.path == path));
-        if !delete {
-            self.jar.push(JarCookie {
-                name: name.to_string(),
-                value: value.to_string(),
-                path,
-            });
-        }
-    }
-
-    fn cookie(&self, name: &str) -> Option<String> {
-        self.jar
-            .iter()
-            .find(|c| c.name == name)
-            .map(|c| c.value.clone())
-    }
-}
-
-/// No redirects, no connection reuse.
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .redirects(0)
-        .max_idle_connections(0)
-        .max_idle_connections_per_host(0)
-        .timeout(Duration::from_secs(30))
-        .build()
-}
-
-fn path_matches(req: &str, cookie: &str) -> bool {
-    req == cookie
-        || (req.starts_with(cookie)
-            && (cookie.ends_with('/') || req[cookie.len()..].starts_with('/')))
-}
-
-fn url_path(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let path = rest.find('/').map_or("/", |i| &rest[i..]);
-    path.split(['?', '#']).next().unwrap_or("/").to_string()
-}
-
 /// `scheme://host:port` of an absolute URL.
 fn url_origin(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").expect("an absolute URL");
     let host = rest.split(['/', '?', '#']).next().unwrap_or(rest);
     format!("{scheme}://{host}")
-}
-
-fn query_of(url: &str) -> HashMap<String, String> {
-    url.split_once('?')
-        .map(|(_, q)| parse_form(q))
-        .unwrap_or_default()
-}
-
-fn absolute(origin: &str, loc: &str) -> String {
-    if loc.starts_with("http://") || loc.starts_with("https://") {
-        loc.to_string()
-    } else {
-        format!("{origin}{loc}")
-    }
 }
 
 fn form_body(form: &[(&str, &str)]) -> String {
@@ -191,39 +45,6 @@ fn form_body(form: &[(&str, &str)]) -> String {
         })
         .collect::<Vec<_>>()
         .join("&")
-}
-
-fn set_cookie<'a>(headers: impl IntoIterator<Item = &'a str>, name: &str) -> Option<&'a str> {
-    headers
-        .into_iter()
-        .find(|l| l.split('=').next().map(str::trim) == Some(name))
-}
-
-fn clears(line: &str) -> bool {
-    line.split(';')
-        .skip(1)
-        .any(|a| a.trim().eq_ignore_ascii_case("max-age=0"))
-}
-
-fn b64_json(v: &str) -> Value {
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(v)
-        .unwrap_or_else(|e| panic!("not standard base64 ({e}): {v}"));
-    serde_json::from_slice(&raw).unwrap_or_else(|e| panic!("not JSON ({e}): {v}"))
-}
-
-fn hidden_value(html: &str, name: &str) -> Option<String> {
-    let at = html.find(&format!("name=\"{name}\""))?;
-    let rest = &html[at..];
-    let v = rest.find("value=\"")? + "value=\"".len();
-    let end = rest[v..].find('"')?;
-    Some(rest[v..v + end].to_string())
-}
-
-fn form_action(html: &str) -> Option<String> {
-    let at = html.find("action=\"")? + "action=\"".len();
-    let end = html[at..].find('"')?;
-    Some(html[at..at + end].to_string())
 }
 
 fn no_store(r: &Resp) -> bool {

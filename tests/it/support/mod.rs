@@ -4,6 +4,7 @@
 // Not every test uses every helper.
 #![allow(dead_code, unused_imports)]
 
+pub mod browser;
 pub mod fault_idp;
 pub mod fault_op;
 pub mod gateway;
