@@ -115,22 +115,16 @@ pub fn check(obj: &Map<String, Value>) -> Checked {
             Err(format!("\"{s}\" is not an absolute URL or path"))
         }
     })?;
-    opt(obj, "logout_path", |v| {
+    let path = |v: &Value| {
         let s = check::string(v, 1, 4096)?;
         if s.starts_with('/') {
             Ok(())
         } else {
             Err(format!("\"{s}\" must start with /"))
         }
-    })?;
-    opt(obj, "backchannel_logout_path", |v| {
-        let s = check::string(v, 1, 4096)?;
-        if s.starts_with('/') {
-            Ok(())
-        } else {
-            Err(format!("\"{s}\" must start with /"))
-        }
-    })?;
+    };
+    opt(obj, "logout_path", path)?;
+    opt(obj, "backchannel_logout_path", path)?;
     opt(obj, "post_logout_redirect_uri", string)?;
     for b in [
         "use_pkce",
