@@ -5,6 +5,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY migrations ./migrations
 COPY src ./src
 COPY openapi ./openapi
+# Cargo.toml names the integration-test target; cargo wants its file.
+COPY tests/it ./tests/it
 RUN cargo build --release --locked --bin portcullis \
  && strip target/release/portcullis
 
