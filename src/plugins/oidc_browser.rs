@@ -34,7 +34,6 @@ use crate::oidc::session::{
     TakeLogin, MAX_ORIGINAL_URL,
 };
 use crate::oidc::{short_hash, AuthError};
-use crate::proxy::headers::strip_cookies;
 
 /// Largest back-channel logout request body accepted.
 const MAX_LOGOUT_BODY: usize = 64 * 1024;
@@ -271,10 +270,9 @@ impl BrowserFlow {
         provider: &Provider,
         common: &Common<'_>,
     ) -> Result<(), HttpResponse> {
-        // The session id is the browser's secret with the gateway: the
-        // upstream never sees it, whatever happens next.
-        let ours = [self.cookie_name.clone(), self.login_cookie_name()];
-        strip_cookies(ctx.upstream_headers, &ours);
+        // The proxy has already removed the session and login cookies
+        // from what goes upstream (on every route, see `Snapshot::
+        // gateway_cookies`): the session id is the browser's secret.
         if self.backchannel_logout_path.as_deref() == Some(ctx.path)
             && ctx.req.method() == actix_web::http::Method::POST
         {
@@ -1039,34 +1037,6 @@ fn page(status: StatusCode, text: &str) -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn gateway_cookies_never_reach_the_upstream() {
-        let mut h = HeaderMap::new();
-        h.append(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; portcullis_session=secret"),
-        );
-        h.append(
-            header::COOKIE,
-            HeaderValue::from_static("portcullis_session_login=x; b=2"),
-        );
-        strip_cookies(
-            &mut h,
-            &[
-                "portcullis_session".into(),
-                "portcullis_session_login".into(),
-            ],
-        );
-        assert_eq!(h.get(header::COOKIE).unwrap(), "a=1; b=2");
-        let mut only = HeaderMap::new();
-        only.insert(
-            header::COOKIE,
-            HeaderValue::from_static("portcullis_session=s"),
-        );
-        strip_cookies(&mut only, &["portcullis_session".into()]);
-        assert!(only.get(header::COOKIE).is_none());
-    }
 
     #[test]
     fn paths_of_redirect_uris() {

@@ -206,6 +206,34 @@ mod tests {
     }
 
     #[test]
+    fn gateway_cookies_never_reach_the_upstream() {
+        let mut h = HeaderMap::new();
+        h.append(
+            actix_web::http::header::COOKIE,
+            HeaderValue::from_static("a=1; portcullis_session=secret"),
+        );
+        h.append(
+            actix_web::http::header::COOKIE,
+            HeaderValue::from_static("portcullis_session_login=x; b=2"),
+        );
+        strip_cookies(
+            &mut h,
+            &[
+                "portcullis_session".into(),
+                "portcullis_session_login".into(),
+            ],
+        );
+        assert_eq!(h.get(actix_web::http::header::COOKIE).unwrap(), "a=1; b=2");
+        let mut only = HeaderMap::new();
+        only.insert(
+            actix_web::http::header::COOKIE,
+            HeaderValue::from_static("portcullis_session=s"),
+        );
+        strip_cookies(&mut only, &["portcullis_session".into()]);
+        assert!(only.get(actix_web::http::header::COOKIE).is_none());
+    }
+
+    #[test]
     fn hosts_are_validated_and_normalised() {
         assert_eq!(
             normalize_host("Admin.Example.com.").as_deref(),
