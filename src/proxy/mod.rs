@@ -275,42 +275,45 @@ async fn forward(
 
         // `read` runs from the moment the request is fully sent until the
         // response head arrives, and then between body chunks.
-        let (sent_tx, sent_rx) = tokio::sync::oneshot::channel::<()>();
-        let send = async {
-            if has_body {
-                let p = payload.take()?;
-                let body = idle_timeout(p, send_timeout).chain(
-                    futures_util::stream::once(async move {
-                        let _ = sent_tx.send(());
-                    })
-                    .filter_map(|()| std::future::ready(None)),
-                );
-                // Keep the client's framing: a body with a length goes
-                // with that length, never re-framed as chunked.
-                Some(match content_length {
+        let timed_out = || {
+            tracing::warn!(route.id = %route.id, upstream.node = %node.authority, "upstream read timed out");
+            ProxyError::UpstreamTimedOut
+        };
+        let sent = if has_body {
+            let Some(p) = payload.take() else {
+                break;
+            };
+            let (sent_tx, sent_rx) = tokio::sync::oneshot::channel::<()>();
+            let body = idle_timeout(p, send_timeout).chain(
+                futures_util::stream::once(async move {
+                    let _ = sent_tx.send(());
+                })
+                .filter_map(|()| std::future::ready(None)),
+            );
+            // Keep the client's framing: a body with a length goes with
+            // that length, never re-framed as chunked.
+            let send = async {
+                match content_length {
                     Some(len) => {
                         creq.send_body(actix_http::body::SizedStream::new(len, body))
                             .await
                     }
                     None => creq.send_stream(body).await,
-                })
-            } else {
-                let _ = sent_tx.send(());
-                Some(creq.send().await)
+                }
+            };
+            let deadline = async {
+                let _ = sent_rx.await;
+                tokio::time::sleep(read).await;
+            };
+            tokio::select! {
+                r = send => r,
+                () = deadline => return Err(timed_out()),
             }
-        };
-        let deadline = async {
-            let _ = sent_rx.await;
-            tokio::time::sleep(read).await;
-        };
-        let sent = tokio::select! {
-            r = send => match r {
-                Some(r) => r,
-                None => break,
-            },
-            () = deadline => {
-                tracing::warn!(route.id = %route.id, upstream.node = %node.authority, "upstream read timed out");
-                return Err(ProxyError::UpstreamTimedOut);
+        } else {
+            // No body: the request is sent at once, so `read` starts now.
+            match tokio::time::timeout(read, creq.send()).await {
+                Ok(r) => r,
+                Err(_) => return Err(timed_out()),
             }
         };
         match sent {
@@ -436,6 +439,12 @@ pub struct Clients {
     by_connect: std::cell::RefCell<std::collections::HashMap<u128, awc::Client>>,
 }
 
+impl Default for Clients {
+    fn default() -> Self {
+        Clients::new()
+    }
+}
+
 impl Clients {
     pub fn new() -> Clients {
         Clients {
@@ -454,12 +463,6 @@ impl Clients {
             .entry(connect.as_millis())
             .or_insert_with(|| build_client(connect))
             .clone()
-    }
-}
-
-impl Default for Clients {
-    fn default() -> Self {
-        Clients::new()
     }
 }
 
