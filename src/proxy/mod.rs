@@ -2,6 +2,7 @@
 //! pick a node → forward with streamed bodies → stream the answer back.
 
 pub mod balancer;
+pub mod h1;
 pub mod headers;
 pub mod path;
 pub mod websocket;
@@ -257,6 +258,69 @@ async fn forward(
                 break;
             }
         }
+        // The common case — plain http, no body — takes the lean client.
+        if !balancer.https && !has_body {
+            let mut h = if last_attempt {
+                std::mem::take(&mut headers)
+            } else {
+                headers.clone()
+            };
+            match upstream_host(balancer, host_header, &node.authority) {
+                Some(v) => {
+                    h.insert(header::HOST, v);
+                }
+                None => {
+                    if let Ok(v) = HeaderValue::from_str(&node.authority) {
+                        h.insert(header::HOST, v);
+                    }
+                }
+            }
+            let sent = tokio::time::timeout(
+                read,
+                h1::send(
+                    &clients.h1,
+                    &node.authority,
+                    req.method(),
+                    &target,
+                    &h,
+                    connect,
+                ),
+            )
+            .await;
+            match sent {
+                Err(_) => {
+                    tracing::warn!(route.id = %route.id, upstream.node = %node.authority, "upstream read timed out");
+                    return Err(ProxyError::UpstreamTimedOut);
+                }
+                Ok(Ok(answer)) if answer.status == StatusCode::SWITCHING_PROTOCOLS => {
+                    tracing::warn!(route.id = %route.id, upstream.node = %node.authority, "upstream switched protocols on a route without enable_websocket");
+                    return Err(ProxyError::UpstreamBroken);
+                }
+                Ok(Ok(answer)) => {
+                    let mut out = HttpResponse::build(answer.status);
+                    headers::client_response_headers(&answer.headers, |k, v| {
+                        out.append_header((k.clone(), v.clone()));
+                    });
+                    let mut answer = out.streaming(idle_timeout(answer.body, read));
+                    append_all(answer.headers_mut(), &extra_response_headers);
+                    return Ok(answer);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(route.id = %route.id, upstream.node = %node.authority, error = %e, "upstream request failed");
+                    let (err, retry) = match e {
+                        h1::H1Error::Connect(_) => (ProxyError::UpstreamUnreachable, true),
+                        h1::H1Error::ConnectTimeout => (ProxyError::UpstreamTimedOut, true),
+                        h1::H1Error::Broken(_) => (ProxyError::UpstreamBroken, false),
+                    };
+                    last = err;
+                    if !retry {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+
         let url = format!(
             "{}://{}{}",
             if balancer.https { "https" } else { "http" },
@@ -437,6 +501,8 @@ where
 /// the connect timeout on the connector, not per request.
 pub struct Clients {
     by_connect: std::cell::RefCell<std::collections::HashMap<u128, awc::Client>>,
+    /// Keep-alive connections of the lean client (plain http, no body).
+    h1: std::rc::Rc<h1::Pool>,
 }
 
 impl Default for Clients {
@@ -449,6 +515,7 @@ impl Clients {
     pub fn new() -> Clients {
         Clients {
             by_connect: Default::default(),
+            h1: Default::default(),
         }
     }
 

@@ -233,3 +233,74 @@ fn concurrent_admin_writes_all_complete() {
     let list = gw.admin("GET", "/apisix/admin/routes", None);
     assert_eq!(list.json()["total"], 320);
 }
+
+/// An upstream that answers each request on a connection with the next
+/// of `answers`, raw, then keeps the connection open for more.
+fn scripted_upstream(answers: Vec<&'static [u8]>) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let answers = answers.clone();
+            thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                for a in answers {
+                    let mut got = Vec::new();
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if conn.write_all(a).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn chunked_and_close_delimited_answers_are_relayed_whole() {
+    let chunked: &'static [u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n";
+    let again: &'static [u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nagain";
+    let up = scripted_upstream(vec![chunked, again]);
+    let close: &'static [u8] = b"HTTP/1.0 200 OK\r\n\r\nuntil the end";
+    let up10 = scripted_upstream(vec![close]);
+    // One worker, so both requests share its connection pool.
+    let gw = Gateway::start_with(crate::support::GatewayOpts::new().args(["--workers", "1"]));
+    gw.put_route(
+        "c",
+        json!({"uri": "/c", "upstream": {"nodes": {up.to_string(): 1}}}),
+    );
+    gw.put_route(
+        "d",
+        json!({"uri": "/d", "upstream": {"nodes": {up10.to_string(): 1}}}),
+    );
+    let r = gw.proxy("GET", "/c", &[]);
+    assert_eq!((r.status, r.body.as_str()), (200, "hello, world"));
+    // The connection went back to the pool and carries the next answer.
+    let r = gw.proxy("GET", "/c", &[]);
+    assert_eq!((r.status, r.body.as_str()), (200, "again"));
+    let r = gw.proxy("GET", "/d", &[]);
+    assert_eq!((r.status, r.body.as_str()), (200, "until the end"));
+}
+
+#[test]
+fn a_pooled_connection_the_upstream_closed_is_replaced_transparently() {
+    let once: &'static [u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    // Answers one request per connection, then closes it.
+    let up = scripted_upstream(vec![once]);
+    let gw = Gateway::start_with(crate::support::GatewayOpts::new().args(["--workers", "1"]));
+    gw.put_route(
+        "c",
+        json!({"uri": "/c", "upstream": {"nodes": {up.to_string(): 1}}}),
+    );
+    for _ in 0..3 {
+        let r = gw.proxy("GET", "/c", &[]);
+        assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+        thread::sleep(Duration::from_millis(50));
+    }
+}

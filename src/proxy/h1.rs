@@ -1,0 +1,423 @@
+//! A lean HTTP/1.1 client for plain-http upstreams and requests without a
+//! body, the common case of a proxied API call.
+//!
+//! awc builds a fresh codec for every request, and with it a date-service
+//! task and a timer (an extra task, timer and eventfd write per request);
+//! this client writes the request head straight to a pooled connection and
+//! parses the answer with `httparse`. Requests with a body and https
+//! upstreams still go through awc.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::Stream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Idle connections older than this are not reused: upstreams close idle
+/// keep-alive connections (nginx after 60 s by default).
+const IDLE_MAX_AGE: Duration = Duration::from_secs(30);
+/// Most idle connections kept per upstream node, per worker.
+const MAX_IDLE_PER_NODE: usize = 256;
+/// Largest response head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most response headers accepted.
+const MAX_HEADERS: usize = 128;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why a request failed, and whether another node may be tried.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("the upstream closed the connection or sent an invalid answer: {0}")]
+    Broken(String),
+}
+
+/// Idle keep-alive connections of one worker, by node.
+#[derive(Default)]
+pub struct Pool {
+    idle: RefCell<HashMap<String, Vec<(TcpStream, Instant)>>>,
+}
+
+impl Pool {
+    fn take(&self, node: &str) -> Option<TcpStream> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(node)?;
+        while let Some((conn, since)) = list.pop() {
+            if since.elapsed() < IDLE_MAX_AGE {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn give_back(&self, node: &str, conn: TcpStream) {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(node.to_owned()).or_default();
+        if list.len() < MAX_IDLE_PER_NODE {
+            list.push((conn, Instant::now()));
+        }
+    }
+}
+
+/// An upstream answer: status, headers and the body as a stream.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Body,
+}
+
+/// Sends a request without a body to `node` and reads the answer's head.
+pub async fn send(
+    pool: &Rc<Pool>,
+    node: &str,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    connect_timeout: Duration,
+) -> Result<Answer, H1Error> {
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+
+    // A pooled connection may have been closed by the upstream meanwhile:
+    // when it fails before any byte of an answer, try a fresh one.
+    if let Some(conn) = pool.take(node) {
+        match exchange(conn, &head, method).await {
+            Ok(answer) => return Ok(answer.into_answer(pool.clone(), node)),
+            Err(Exchange::Stale) => {}
+            Err(Exchange::Failed(e)) => return Err(e),
+        }
+    }
+    let conn = tokio::time::timeout(connect_timeout, TcpStream::connect(node))
+        .await
+        .map_err(|_| H1Error::ConnectTimeout)?
+        .map_err(H1Error::Connect)?;
+    let _ = conn.set_nodelay(true);
+    match exchange(conn, &head, method).await {
+        Ok(answer) => Ok(answer.into_answer(pool.clone(), node)),
+        Err(Exchange::Stale) => Err(H1Error::Broken("closed before answering".into())),
+        Err(Exchange::Failed(e)) => Err(e),
+    }
+}
+
+enum Exchange {
+    /// Nothing came back: the connection was dead before we used it.
+    Stale,
+    Failed(H1Error),
+}
+
+struct Parsed {
+    status: StatusCode,
+    headers: HeaderMap,
+    framing: Framing,
+    reusable: bool,
+    conn: TcpStream,
+    rest: BytesMut,
+}
+
+impl Parsed {
+    fn into_answer(self, pool: Rc<Pool>, node: &str) -> Answer {
+        let state = BodyState {
+            conn: Some(self.conn),
+            buf: self.rest,
+            framing: self.framing,
+            reusable: self.reusable,
+            pool,
+            node: node.to_owned(),
+        };
+        Answer {
+            status: self.status,
+            headers: self.headers,
+            body: Body::new(state),
+        }
+    }
+}
+
+async fn exchange(mut conn: TcpStream, head: &[u8], method: &Method) -> Result<Parsed, Exchange> {
+    let broken = |e: String| Exchange::Failed(H1Error::Broken(e));
+    if conn.write_all(head).await.is_err() {
+        return Err(Exchange::Stale);
+    }
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        // Read until a complete head is in the buffer.
+        let n = conn.read_buf(&mut buf).await.map_err(|e| {
+            if buf.is_empty() {
+                Exchange::Stale
+            } else {
+                broken(e.to_string())
+            }
+        })?;
+        if n == 0 {
+            return Err(if buf.is_empty() {
+                Exchange::Stale
+            } else {
+                broken("closed in the middle of the answer's head".into())
+            });
+        }
+        loop {
+            let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut raw);
+            let len = match resp.parse(&buf) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => {
+                    if buf.len() > MAX_HEAD {
+                        return Err(broken("answer head too large".into()));
+                    }
+                    break;
+                }
+                Err(e) => return Err(broken(format!("invalid answer head: {e}"))),
+            };
+            let code = resp.code.unwrap_or(0);
+            let status = StatusCode::from_u16(code).map_err(|_| broken("invalid status".into()))?;
+            // Interim answers (100 Continue and the like) are skipped,
+            // except 101, which the caller refuses.
+            if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+                buf.advance(len);
+                continue;
+            }
+            let http10 = resp.version == Some(0);
+            let mut headers = HeaderMap::with_capacity(resp.headers.len());
+            let mut length = None;
+            let mut chunked = false;
+            let mut close = http10;
+            for h in resp.headers.iter() {
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| broken("invalid header name".into()))?;
+                let value = HeaderValue::from_bytes(h.value)
+                    .map_err(|_| broken("invalid header value".into()))?;
+                if name == actix_web::http::header::CONTENT_LENGTH {
+                    let n = std::str::from_utf8(h.value)
+                        .ok()
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .ok_or_else(|| broken("invalid content-length".into()))?;
+                    if length.is_some_and(|l| l != n) {
+                        return Err(broken("conflicting content-length".into()));
+                    }
+                    length = Some(n);
+                } else if name == actix_web::http::header::TRANSFER_ENCODING {
+                    chunked = h.value.eq_ignore_ascii_case(b"chunked");
+                    if !chunked {
+                        return Err(broken("unsupported transfer-encoding".into()));
+                    }
+                } else if name == actix_web::http::header::CONNECTION {
+                    let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+                    if v.split(',').any(|t| t.trim() == "close") {
+                        close = true;
+                    } else if http10 && v.split(',').any(|t| t.trim() == "keep-alive") {
+                        close = false;
+                    }
+                }
+                headers.append(name, value);
+            }
+            let no_body = *method == Method::HEAD
+                || status == StatusCode::NO_CONTENT
+                || status == StatusCode::NOT_MODIFIED
+                || status == StatusCode::SWITCHING_PROTOCOLS;
+            let framing = if no_body {
+                Framing::Length(0)
+            } else if chunked {
+                Framing::Chunked(ChunkState::Size)
+            } else if let Some(n) = length {
+                Framing::Length(n)
+            } else {
+                close = true;
+                Framing::UntilClose
+            };
+            buf.advance(len);
+            return Ok(Parsed {
+                status,
+                headers,
+                framing,
+                reusable: !close && status != StatusCode::SWITCHING_PROTOCOLS,
+                conn,
+                rest: buf,
+            });
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum ChunkState {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk with this many bytes left, then its CRLF.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+}
+
+enum Framing {
+    /// Bytes still to come.
+    Length(u64),
+    Chunked(ChunkState),
+    UntilClose,
+}
+
+struct BodyState {
+    conn: Option<TcpStream>,
+    /// Bytes read but not yet handed out.
+    buf: BytesMut,
+    framing: Framing,
+    reusable: bool,
+    pool: Rc<Pool>,
+    node: String,
+}
+
+/// The answer's body; the connection goes back to the pool once it has
+/// been read to its end.
+pub struct Body {
+    inner: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>>>>,
+}
+
+impl Body {
+    fn new(state: BodyState) -> Body {
+        let stream = futures_util::stream::unfold(Some(state), |state| async move {
+            let mut s = state?;
+            match s.next_chunk().await {
+                Ok(Some(chunk)) => Some((Ok(chunk), Some(s))),
+                Ok(None) => {
+                    s.finish();
+                    None
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        Body {
+            inner: Box::pin(stream),
+        }
+    }
+}
+
+impl Stream for Body {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+fn invalid(msg: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_owned())
+}
+
+impl BodyState {
+    /// Reads more from the connection; `false` at end of stream.
+    async fn fill(&mut self) -> std::io::Result<bool> {
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| invalid("connection gone"))?;
+        self.buf.reserve(READ_CHUNK);
+        Ok(conn.read_buf(&mut self.buf).await? > 0)
+    }
+
+    async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
+        loop {
+            match self.framing {
+                Framing::Length(0) => return Ok(None),
+                Framing::Length(left) => {
+                    if self.buf.is_empty() && !self.fill().await? {
+                        return Err(invalid("the upstream closed before the end of the body"));
+                    }
+                    let n = (self.buf.len() as u64).min(left) as usize;
+                    self.framing = Framing::Length(left - n as u64);
+                    return Ok(Some(self.buf.split_to(n).freeze()));
+                }
+                Framing::UntilClose => {
+                    if self.buf.is_empty() && !self.fill().await? {
+                        return Ok(None);
+                    }
+                    let all = self.buf.len();
+                    return Ok(Some(self.buf.split_to(all).freeze()));
+                }
+                Framing::Chunked(ChunkState::Data(0)) => {
+                    self.framing = Framing::Chunked(ChunkState::DataEnd);
+                }
+                Framing::Chunked(ChunkState::Data(left)) => {
+                    if self.buf.is_empty() && !self.fill().await? {
+                        return Err(invalid("the upstream closed inside a chunk"));
+                    }
+                    let n = (self.buf.len() as u64).min(left) as usize;
+                    self.framing = Framing::Chunked(ChunkState::Data(left - n as u64));
+                    return Ok(Some(self.buf.split_to(n).freeze()));
+                }
+                Framing::Chunked(state) => {
+                    // Line-based states: wait for a whole line.
+                    let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") else {
+                        if self.buf.len() > MAX_HEAD {
+                            return Err(invalid("chunk line too long"));
+                        }
+                        if !self.fill().await? {
+                            return Err(invalid("the upstream closed inside a chunked body"));
+                        }
+                        continue;
+                    };
+                    let line = self.buf.split_to(end + 2);
+                    let line = &line[..end];
+                    self.framing = match state {
+                        ChunkState::Size => {
+                            let hex = line.split(|b| *b == b';').next().unwrap_or(&[]);
+                            let hex =
+                                std::str::from_utf8(hex).map_err(|_| invalid("bad chunk size"))?;
+                            let size = u64::from_str_radix(hex.trim(), 16)
+                                .map_err(|_| invalid("bad chunk size"))?;
+                            if size == 0 {
+                                Framing::Chunked(ChunkState::Trailers)
+                            } else {
+                                Framing::Chunked(ChunkState::Data(size))
+                            }
+                        }
+                        ChunkState::DataEnd => {
+                            if !line.is_empty() {
+                                return Err(invalid("missing CRLF after a chunk"));
+                            }
+                            Framing::Chunked(ChunkState::Size)
+                        }
+                        ChunkState::Trailers => {
+                            if line.is_empty() {
+                                self.framing = Framing::Length(0);
+                                return Ok(None);
+                            }
+                            Framing::Chunked(ChunkState::Trailers)
+                        }
+                        // Data states are handled by the arms above.
+                        ChunkState::Data(_) => Framing::Chunked(state),
+                    };
+                }
+            }
+        }
+    }
+
+    /// The body was read to its end: keep the connection if it is clean.
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if self.reusable && self.buf.is_empty() {
+                self.pool.give_back(&self.node, conn);
+            }
+        }
+    }
+}
