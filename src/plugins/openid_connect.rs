@@ -749,7 +749,7 @@ fn bearer_token(req: &actix_web::HttpRequest) -> Result<Option<&str>, Refusal> {
             "a token in both the header and the query is not accepted",
         ));
     }
-    if token.contains(|c: char| c.is_whitespace() || c == ',') {
+    if token.bytes().any(|b| b.is_ascii_whitespace() || b == b',') {
         return Err(invalid("invalid token format"));
     }
     Ok(Some(token))
