@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod form;
 pub mod model;
 pub mod oidc;
 pub mod plugins;

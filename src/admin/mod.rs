@@ -240,7 +240,7 @@ async fn admin_api(
 async fn authenticate(req: &HttpRequest, state: &AdminState) -> Result<(), &'static str> {
     // APISIX's order: the `api_key` query argument, then the header. An
     // empty value counts as absent.
-    let presented = resources::query_param(req.query_string(), "api_key")
+    let presented = crate::form::query_param(req.query_string(), "api_key")
         .filter(|k| !k.is_empty())
         .or_else(|| {
             req.headers()

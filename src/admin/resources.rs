@@ -7,8 +7,8 @@ use actix_web::HttpResponse;
 use serde_json::{json, Map, Value};
 
 use super::{json_response, AdminError, AdminState};
+use crate::form::query_param;
 use crate::model::{check, Invalid, Kind};
-use crate::proxy::path::hex_value;
 use crate::store::{Batch, Entry, StoreError};
 
 /// Largest admin request body, as in APISIX.
@@ -418,38 +418,6 @@ fn set_path(root: &mut Value, path: &str, value: Value) -> Result<(), AdminError
     Ok(())
 }
 
-/// The first value of `name` in a query string, percent-decoded.
-pub fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (decode_component(k) == name).then(|| decode_component(v))
-    })
-}
-
-fn decode_component(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match (hex_value(bytes[i + 1]), hex_value(bytes[i + 2])) {
-                    (Some(hi), Some(lo)) => {
-                        out.push(hi << 4 | lo);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -480,17 +448,5 @@ mod tests {
         assert_eq!(v, json!({"upstream":{"nodes":{"b:2":1}}}));
         set_path(&mut v, "uri", json!("/x")).unwrap();
         assert_eq!(v["uri"], "/x");
-    }
-
-    #[test]
-    fn query_params_decode() {
-        assert_eq!(
-            query_param("a=1&name=%5Ex+y", "name").as_deref(),
-            Some("^x y")
-        );
-        assert_eq!(query_param("force", "force").as_deref(), Some(""));
-        assert_eq!(query_param("x=%zz", "x").as_deref(), Some("%zz"));
-        assert_eq!(query_param("x=%4", "x").as_deref(), Some("%4"));
-        assert_eq!(query_param("a=1", "b"), None);
     }
 }

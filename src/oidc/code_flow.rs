@@ -15,21 +15,14 @@ use jsonwebtoken::DecodingKey;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::introspection::{form_urlencode, ClientAuth};
+use super::client::{post_form, ClientCredentials};
 use super::jwt::{self, Claims, Rules};
 use super::provider::{Discovery, Provider};
 use super::AuthError;
+use crate::form::form_urlencode;
 
 /// Largest token or userinfo reply accepted.
 const MAX_REPLY: usize = 256 * 1024;
-
-/// How the gateway identifies itself at the token endpoint.
-pub struct ClientCredentials {
-    pub client_id: String,
-    /// `None` = a public client (PKCE only).
-    pub client_secret: Option<String>,
-    pub auth: ClientAuth,
-}
 
 /// What the token endpoint returned.
 #[derive(Debug)]
@@ -86,47 +79,6 @@ pub fn authorization_url(
         .collect();
     let sep = if endpoint.contains('?') { '&' } else { '?' };
     format!("{endpoint}{sep}{}", query.join("&"))
-}
-
-/// POSTs a form with client authentication; returns status and body.
-async fn post_form(
-    client: &awc::Client,
-    endpoint: &str,
-    creds: &ClientCredentials,
-    mut form: Vec<(&str, &str)>,
-    timeout: Duration,
-) -> Result<(awc::http::StatusCode, bytes::Bytes), AuthError> {
-    let mut req = client
-        .post(endpoint)
-        .insert_header(("accept", "application/json"))
-        .timeout(timeout);
-    match (&creds.client_secret, creds.auth) {
-        (Some(secret), ClientAuth::Basic) => {
-            let pair = format!(
-                "{}:{}",
-                form_urlencode(&creds.client_id),
-                form_urlencode(secret)
-            );
-            let b64 = base64::engine::general_purpose::STANDARD.encode(pair);
-            req = req.insert_header(("authorization", format!("Basic {b64}")));
-        }
-        (Some(secret), ClientAuth::Post) => {
-            form.push(("client_id", &creds.client_id));
-            form.push(("client_secret", secret));
-        }
-        (None, _) => form.push(("client_id", &creds.client_id)),
-    }
-    let unreachable = |e: String| AuthError::ProviderUnavailable(format!("{endpoint}: {e}"));
-    let mut resp = req
-        .send_form(&form)
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let body = resp
-        .body()
-        .limit(MAX_REPLY)
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    Ok((resp.status(), body))
 }
 
 /// A token endpoint call: the JSON answer of a success, or why not.

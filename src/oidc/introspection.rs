@@ -11,23 +11,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use moka::future::Cache;
 use moka::Expiry;
 use serde_json::Value;
 
+use super::client::{post_form, ClientCredentials};
 use super::AuthError;
 
 /// Most cached introspection replies kept per plugin configuration.
 pub const CACHE_CAPACITY: u64 = 100_000;
-/// Largest introspection reply accepted.
-const MAX_REPLY: usize = 64 * 1024;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuth {
-    Basic,
-    Post,
-}
 
 /// A cached positive reply and how long it may be trusted.
 #[derive(Clone)]
@@ -51,9 +43,7 @@ impl Expiry<[u8; 32], Active> for ByTtl {
 
 pub struct Introspector {
     pub endpoint: Option<String>,
-    client_id: String,
-    client_secret: String,
-    auth: ClientAuth,
+    creds: ClientCredentials,
     /// Cap on how long a reply is trusted; 0 = until the token's `exp`.
     interval: u64,
     timeout: Duration,
@@ -64,17 +54,13 @@ pub struct Introspector {
 impl Introspector {
     pub fn new(
         endpoint: Option<String>,
-        client_id: String,
-        client_secret: String,
-        auth: ClientAuth,
+        creds: ClientCredentials,
         interval: u64,
         timeout: Duration,
     ) -> Introspector {
         Introspector {
             endpoint,
-            client_id,
-            client_secret,
-            auth,
+            creds,
             interval,
             timeout,
             cache: Cache::builder()
@@ -108,38 +94,16 @@ impl Introspector {
             tracing::warn!(oidc.introspection = %endpoint, error = %e, "identity provider unreachable: introspection failed");
             AuthError::ProviderUnavailable(e)
         };
-        let mut form: Vec<(&str, &str)> =
-            vec![("token", token), ("token_type_hint", "access_token")];
-        let mut req = client
-            .post(endpoint)
-            .insert_header(("accept", "application/json"))
-            .timeout(self.timeout);
-        match self.auth {
-            ClientAuth::Basic => {
-                let enc = |s: &str| form_urlencode(s);
-                let pair = format!("{}:{}", enc(&self.client_id), enc(&self.client_secret));
-                let b64 = base64::engine::general_purpose::STANDARD.encode(pair);
-                req = req.insert_header(("authorization", format!("Basic {b64}")));
-            }
-            ClientAuth::Post => {
-                form.push(("client_id", &self.client_id));
-                form.push(("client_secret", &self.client_secret));
-            }
-        }
-        let mut resp = req
-            .send_form(&form)
+        let form = vec![("token", token), ("token_type_hint", "access_token")];
+        let (status, body) = post_form(client, endpoint, &self.creds, form, self.timeout)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        if !resp.status().is_success() {
+        if !status.is_success() {
             return Err(unreachable(format!(
                 "introspection answered status {}",
-                resp.status().as_u16()
+                status.as_u16()
             )));
         }
-        let body = tokio::time::timeout(self.timeout, resp.body().limit(MAX_REPLY))
-            .await
-            .map_err(|_| unreachable("introspection reply timed out".into()))?
-            .map_err(|e| unreachable(e.to_string()))?;
         let reply: serde_json::Map<String, Value> = serde_json::from_slice(&body)
             .map_err(|_| unreachable("introspection reply is not a JSON object".into()))?;
         if reply.get("active") != Some(&Value::Bool(true)) {
@@ -170,20 +134,4 @@ impl Introspector {
             ttl: Duration::from_secs(secs),
         })
     }
-}
-
-/// `application/x-www-form-urlencoded` encoding of one value, as RFC 6749
-/// §2.3.1 asks for client credentials in Basic authentication.
-pub fn form_urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }

@@ -2,6 +2,7 @@
 //! provider's discovery document and keys, local JWT verification, and
 //! token introspection.
 
+pub mod client;
 pub mod code_flow;
 pub mod introspection;
 pub mod jwt;

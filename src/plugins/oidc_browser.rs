@@ -25,8 +25,8 @@ use serde_json::{Map, Value};
 
 use super::Ctx;
 use crate::model::check::{self, opt, Checked};
-use crate::oidc::code_flow::{self, ClientCredentials, IdTokenRules};
-use crate::oidc::introspection::ClientAuth;
+use crate::oidc::client::{ClientAuth, ClientCredentials};
+use crate::oidc::code_flow::{self, IdTokenRules};
 use crate::oidc::jwt::now_secs;
 use crate::oidc::provider::Provider;
 use crate::oidc::session::{
@@ -444,7 +444,7 @@ impl BrowserFlow {
         redirect_uri: &str,
     ) -> HttpResponse {
         let q = ctx.req.query_string();
-        let param = |k: &str| crate::admin::resources::query_param(q, k);
+        let param = |k: &str| crate::form::query_param(q, k);
         let fail = |status: StatusCode, reason: &str| {
             tracing::info!(route.id = %ctx.route_id, authz.result = "denied", reason = %reason, "sign-in callback refused");
             page(status, &format!("Sign-in failed: {reason}."))
@@ -792,7 +792,7 @@ impl BrowserFlow {
             body.extend_from_slice(&chunk);
         }
         let form = String::from_utf8_lossy(&body);
-        let Some(token) = crate::admin::resources::query_param(&form, "logout_token") else {
+        let Some(token) = crate::form::query_param(&form, "logout_token") else {
             return refuse("no logout_token");
         };
 

@@ -25,7 +25,8 @@ use utoipa::ToSchema;
 use super::oidc_browser::{BrowserFlow, Common};
 use super::{Ctx, Plugin};
 use crate::model::check::{self, opt, Checked};
-use crate::oidc::introspection::{ClientAuth, Introspector};
+use crate::oidc::client::{ClientAuth, ClientCredentials};
+use crate::oidc::introspection::Introspector;
 use crate::oidc::jwt::{self, Claims, Rules};
 use crate::oidc::provider::Provider;
 use crate::oidc::verified::VerifiedCache;
@@ -352,12 +353,14 @@ pub fn build(v: &Value, env: &super::PluginEnv) -> Result<Arc<dyn Plugin>, Strin
     } else {
         Verifier::Introspection(Introspector::new(
             conf.introspection_endpoint.clone(),
-            conf.client_id.clone(),
-            conf.client_secret.clone().unwrap_or_default(),
-            if conf.introspection_endpoint_auth_method == "client_secret_post" {
-                ClientAuth::Post
-            } else {
-                ClientAuth::Basic
+            ClientCredentials {
+                client_id: conf.client_id.clone(),
+                client_secret: conf.client_secret.clone(),
+                auth: if conf.introspection_endpoint_auth_method == "client_secret_post" {
+                    ClientAuth::Post
+                } else {
+                    ClientAuth::Basic
+                },
             },
             conf.introspection_interval,
             timeout,
@@ -744,7 +747,7 @@ fn bearer_token(req: &actix_web::HttpRequest) -> Result<Option<&str>, Refusal> {
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Ok(None);
     }
-    if crate::admin::resources::query_param(req.query_string(), "access_token").is_some() {
+    if crate::form::query_param(req.query_string(), "access_token").is_some() {
         return Err(Refusal::Malformed(
             "a token in both the header and the query is not accepted",
         ));

@@ -75,15 +75,9 @@ pub struct Answer {
     pub body: Body,
 }
 
-/// Sends a request without a body to `node` and reads the answer's head.
-pub async fn send(
-    pool: &Rc<Pool>,
-    node: &str,
-    method: &Method,
-    target: &str,
-    headers: &HeaderMap,
-    connect_timeout: Duration,
-) -> Result<Answer, H1Error> {
+/// An HTTP/1.1 request head: request line, `headers`, then the raw header
+/// lines in `extra` (each ending in CRLF), then the blank line.
+pub fn request_head(method: &Method, target: &str, headers: &HeaderMap, extra: &[u8]) -> Vec<u8> {
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(method.as_str().as_bytes());
     head.push(b' ');
@@ -95,7 +89,21 @@ pub async fn send(
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
+    head.extend_from_slice(extra);
     head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// Sends a request without a body to `node` and reads the answer's head.
+pub async fn send(
+    pool: &Rc<Pool>,
+    node: &str,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    connect_timeout: Duration,
+) -> Result<Answer, H1Error> {
+    let head = request_head(method, target, headers, b"");
 
     // A pooled connection may have been closed by the upstream meanwhile:
     // when it fails before any byte of an answer, try a fresh one.

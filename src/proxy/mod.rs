@@ -292,18 +292,9 @@ async fn forward(
                     tracing::warn!(route.id = %route.id, upstream.node = %node.authority, "upstream read timed out");
                     return Err(ProxyError::UpstreamTimedOut);
                 }
-                Ok(Ok(answer)) if answer.status == StatusCode::SWITCHING_PROTOCOLS => {
-                    tracing::warn!(route.id = %route.id, upstream.node = %node.authority, "upstream switched protocols on a route without enable_websocket");
-                    return Err(ProxyError::UpstreamBroken);
-                }
                 Ok(Ok(answer)) => {
-                    let mut out = HttpResponse::build(answer.status);
-                    headers::client_response_headers(&answer.headers, |k, v| {
-                        out.append_header((k.clone(), v.clone()));
-                    });
-                    let mut answer = out.streaming(idle_timeout(answer.body, read));
-                    append_all(answer.headers_mut(), &extra_response_headers);
-                    return Ok(answer);
+                    let head = response_head(answer.status, &answer.headers, &route.id, node)?;
+                    return Ok(respond(head, answer.body, read, &extra_response_headers));
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(route.id = %route.id, upstream.node = %node.authority, error = %e, "upstream request failed");
@@ -381,16 +372,9 @@ async fn forward(
             }
         };
         match sent {
-            Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                // Only WebSocket routes tunnel; anywhere else a switch of
-                // protocol is an upstream fault.
-                tracing::warn!(route.id = %route.id, upstream.node = %node.authority, "upstream switched protocols on a route without enable_websocket");
-                return Err(ProxyError::UpstreamBroken);
-            }
             Ok(resp) => {
-                let mut answer = respond(resp, read);
-                append_all(answer.headers_mut(), &extra_response_headers);
-                return Ok(answer);
+                let head = response_head(resp.status(), resp.headers(), &route.id, node)?;
+                return Ok(respond(head, resp, read, &extra_response_headers));
             }
             Err(e) => {
                 let (err, retry) = classify(&e);
@@ -436,17 +420,40 @@ fn classify(e: &awc::error::SendRequestError) -> (ProxyError, bool) {
     }
 }
 
-fn respond<S>(resp: awc::ClientResponse<S>, idle: Duration) -> HttpResponse
-where
-    S: futures_util::Stream<Item = Result<bytes::Bytes, actix_http::error::PayloadError>>
-        + Unpin
-        + 'static,
-{
-    let mut out = HttpResponse::build(resp.status());
-    headers::client_response_headers(resp.headers(), |k, v| {
+/// The answer's status and end-to-end headers. A switch of protocol is
+/// refused: only WebSocket routes tunnel, and they do not come here.
+fn response_head(
+    status: StatusCode,
+    upstream: &header::HeaderMap,
+    route_id: &str,
+    node: &crate::model::upstream::NodeAddr,
+) -> Result<actix_web::HttpResponseBuilder, ProxyError> {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        tracing::warn!(route.id = %route_id, upstream.node = %node.authority, "upstream switched protocols on a route without enable_websocket");
+        return Err(ProxyError::UpstreamBroken);
+    }
+    let mut out = HttpResponse::build(status);
+    headers::client_response_headers(upstream, |k, v| {
         out.append_header((k.clone(), v.clone()));
     });
-    out.streaming(idle_timeout(resp, idle))
+    Ok(out)
+}
+
+/// Streams `body` to the client (ended when it stalls for `idle`), with
+/// the plugins' response headers.
+fn respond<S, E>(
+    mut head: actix_web::HttpResponseBuilder,
+    body: S,
+    idle: Duration,
+    extra: &header::HeaderMap,
+) -> HttpResponse
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin + 'static,
+    E: std::fmt::Display,
+{
+    let mut answer = head.streaming(idle_timeout(body, idle));
+    append_all(answer.headers_mut(), extra);
+    answer
 }
 
 /// Largest single header value, as nginx's default `large_client_header_buffers`.

@@ -44,14 +44,12 @@ pub async fn tunnel(
         .await
         .map_err(|_| ProxyError::UpstreamTimedOut)?
         .map_err(|_| ProxyError::UpstreamUnreachable)?;
-    let mut head = format!("{} {target} HTTP/1.1\r\n", req.method()).into_bytes();
-    for (name, value) in headers {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n\r\n");
+    let head = super::h1::request_head(
+        req.method(),
+        target,
+        headers,
+        b"connection: upgrade\r\nupgrade: websocket\r\n",
+    );
     upstream
         .write_all(&head)
         .await
