@@ -81,28 +81,28 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         "configuration loaded"
     );
 
-    // The proxy listener.
-    let proxy_state = web::Data::new(ProxyState {
+    // The proxy listener: our own HTTP/1.1 server (proxy::server).
+    let proxy_state = Arc::new(ProxyState {
         live,
         trusted: config.trusted_addresses.clone(),
     });
-    let proxy = HttpServer::new(move || {
-        App::new()
-            .app_data(proxy_state.clone())
-            .app_data(web::Data::new(proxy::Clients::new()))
-            .default_service(web::to(proxy::handle))
-    })
-    .workers(config.workers)
-    .keep_alive(CLIENT_KEEP_ALIVE)
-    .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
-    .disable_signals()
-    .bind(config.proxy_listen)
-    .map_err(|source| StartError::Listen {
+    let listen_err = |source| StartError::Listen {
         what: "proxy",
         addr: config.proxy_listen,
         source,
-    })?;
-    let proxy_addr = proxy.addrs()[0];
+    };
+    let listener = bind_proxy(config.proxy_listen).map_err(listen_err)?;
+    let proxy_addr = listener.local_addr().map_err(listen_err)?;
+    let proxy = proxy::server::Server::start(
+        listener,
+        proxy_state,
+        proxy::server::Settings {
+            workers: config.workers,
+            keep_alive: CLIENT_KEEP_ALIVE,
+            grace: SHUTDOWN_GRACE,
+        },
+    )
+    .map_err(listen_err)?;
 
     // The admin listener.
     let admin_state = web::Data::new(AdminState {
@@ -127,21 +127,33 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     })?;
     let admin_addr = admin.addrs()[0];
 
-    let proxy = proxy.run();
     let admin = admin.run();
-    let (proxy_handle, admin_handle) = (proxy.handle(), admin.handle());
+    let admin_handle = admin.handle();
     tracing::info!(proxy.addr = %proxy_addr, admin.addr = %admin_addr, "portcullis ready");
 
     // Serve until SIGINT/SIGTERM, then drain both listeners.
     let signals = async {
         wait_for_signal().await;
         tracing::info!("shutting down");
-        tokio::join!(proxy_handle.stop(true), admin_handle.stop(true));
+        tokio::join!(proxy.stop(), admin_handle.stop(true));
     };
-    let (p, a, ()) = tokio::join!(proxy, admin, signals);
-    p.and(a).map_err(StartError::Serve)?;
+    let (a, ()) = tokio::join!(admin, signals);
+    a.map_err(StartError::Serve)?;
     store_flush(&store).await;
     Ok(())
+}
+
+/// The proxy's listening socket, with a backlog for bursts of new
+/// connections.
+fn bind_proxy(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
 }
 
 /// Removes expired browser sessions and abandoned sign-ins now and then.

@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::HttpResponse;
+
+use crate::proxy::Request;
 use futures_util::future::LocalBoxFuture;
 use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
@@ -375,7 +377,7 @@ impl Cors {
         !matches!(self.origins, Origins::Any) || self.regexes.is_some()
     }
 
-    fn decide(&self, req: &HttpRequest) -> Decision {
+    fn decide(&self, req: &Request) -> Decision {
         let mut all = req.headers().get_all(header::ORIGIN);
         let origin = match (all.next(), all.next()) {
             (Some(o), None) => o.to_str().ok(),
@@ -419,7 +421,7 @@ impl Cors {
     }
 
     /// The answer to a preflight: 200, empty, allow headers when allowed.
-    fn preflight(&self, req: &HttpRequest) -> HttpResponse {
+    fn preflight(&self, req: &Request) -> HttpResponse {
         let mut out = HttpResponse::build(StatusCode::OK);
         out.insert_header((header::VARY, HeaderValue::from_static("Origin")));
         if let Decision::Allow(origin) = self.decide(req) {
@@ -446,7 +448,7 @@ impl Cors {
     }
 
     /// Headers for the answer to any other request.
-    fn simple(&self, req: &HttpRequest, to: &mut HeaderMap) {
+    fn simple(&self, req: &Request, to: &mut HeaderMap) {
         let has_origin = req.headers().contains_key(header::ORIGIN);
         if self.varies() && has_origin {
             to.insert(header::VARY, HeaderValue::from_static("Origin"));
@@ -468,7 +470,7 @@ impl Cors {
 
 /// A real preflight: `OPTIONS` with both `Origin` and
 /// `Access-Control-Request-Method`.
-fn is_preflight(req: &HttpRequest) -> bool {
+fn is_preflight(req: &Request) -> bool {
     req.method() == Method::OPTIONS
         && req.headers().contains_key(header::ORIGIN)
         && req
@@ -477,7 +479,7 @@ fn is_preflight(req: &HttpRequest) -> bool {
 }
 
 /// `Access-Control-Request-Headers`, when it is one well-formed list.
-fn requested_headers(req: &HttpRequest) -> Option<HeaderValue> {
+fn requested_headers(req: &Request) -> Option<HeaderValue> {
     let name = HeaderName::from_static("access-control-request-headers");
     let mut all = req.headers().get_all(name);
     let v = match (all.next(), all.next()) {

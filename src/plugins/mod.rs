@@ -15,15 +15,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix_web::http::header::HeaderMap;
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::HttpResponse;
 use futures_util::future::LocalBoxFuture;
 use serde_json::Value;
 
 use crate::model::check::{self, Checked};
+use crate::proxy::{Payload, Request};
 
 /// What a plugin sees of one request.
 pub struct Ctx<'a> {
-    pub req: &'a HttpRequest,
+    pub req: &'a Request,
     /// The canonical path the route matched.
     pub path: &'a str,
     pub route_id: &'a str,
@@ -37,7 +38,7 @@ pub struct Ctx<'a> {
     pub response_headers: &'a mut HeaderMap,
     /// The request body, for a plugin that answers the request itself
     /// (a back-channel logout); reading it means nothing is forwarded.
-    pub payload: &'a mut actix_web::web::Payload,
+    pub payload: &'a mut Payload,
 }
 
 /// What plugins may use besides their configuration; one per process.

@@ -285,11 +285,7 @@ impl BrowserFlow {
         if ctx.path == self.logout_path {
             return Err(self.logout(ctx, provider, common).await);
         }
-        if let Some(id) = ctx
-            .req
-            .cookie(&self.cookie_name)
-            .map(|c| c.value().to_owned())
-        {
+        if let Some(id) = ctx.req.cookie(&self.cookie_name).map(str::to_owned) {
             if let Some(session) = self.live_session(ctx, &id, provider, common).await {
                 self.set_identity(ctx.upstream_headers, &session, common);
                 return Ok(());
@@ -377,14 +373,14 @@ impl BrowserFlow {
         let browser = ctx
             .req
             .cookie(&self.login_cookie_name())
-            .map(|c| c.value().to_owned())
+            .map(str::to_owned)
             .filter(|v| v.len() >= 32)
             .unwrap_or_else(random_token);
         let state = random_token();
         let nonce = random_token();
         let verifier = self.use_pkce.then(random_token);
         // Only a path of this origin: never a URL taken from the request.
-        let mut original_url = match ctx.req.uri().query() {
+        let mut original_url = match ctx.req.query() {
             Some(q) => format!("{}?{q}", ctx.path),
             None => ctx.path.to_owned(),
         };
@@ -456,10 +452,7 @@ impl BrowserFlow {
         };
         // A state of another browser or route is refused and left alone:
         // whoever learnt it cannot spoil the real sign-in (attack kind K13).
-        let browser = ctx
-            .req
-            .cookie(&self.login_cookie_name())
-            .map(|c| hash_hex(c.value()));
+        let browser = ctx.req.cookie(&self.login_cookie_name()).map(hash_hex);
         let login = match self
             .sessions
             .take_login(&state, &self.owner, browser.as_deref())
@@ -840,11 +833,7 @@ impl BrowserFlow {
         provider: &Provider,
         common: &Common<'_>,
     ) -> HttpResponse {
-        let session = match ctx
-            .req
-            .cookie(&self.cookie_name)
-            .map(|c| c.value().to_owned())
-        {
+        let session = match ctx.req.cookie(&self.cookie_name).map(str::to_owned) {
             Some(id) => {
                 let found = match self.sessions.lookup(&id) {
                     Lookup::Live(s, key) => {
@@ -942,11 +931,8 @@ fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
 /// the provider sends codes (attack kind K14); behind a TLS-terminating
 /// proxy, configure an absolute `redirect_uri`.
 fn origin(ctx: &Ctx<'_>) -> String {
-    let scheme = if ctx.req.app_config().secure() {
-        "https"
-    } else {
-        "http"
-    };
+    // The proxy listener speaks plain HTTP.
+    let scheme = "http";
     let host = ctx
         .req
         .headers()
@@ -954,8 +940,8 @@ fn origin(ctx: &Ctx<'_>) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|h| !h.is_empty())
         .map(str::to_owned)
-        .or_else(|| ctx.req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_else(|| ctx.req.app_config().host().to_owned());
+        .or_else(|| ctx.req.authority().map(str::to_owned))
+        .unwrap_or_else(|| "localhost".to_owned());
     format!("{scheme}://{host}")
 }
 
@@ -989,7 +975,7 @@ fn uri_path(uri: &str) -> &str {
 }
 
 /// Whether the request is a top-level navigation rather than an API call.
-pub fn is_navigation(req: &actix_web::HttpRequest) -> bool {
+pub fn is_navigation(req: &crate::proxy::Request) -> bool {
     let h = |n: &str| {
         req.headers()
             .get(n)

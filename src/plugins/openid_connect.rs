@@ -715,7 +715,7 @@ fn set(h: &mut header::HeaderMap, name: HeaderName, value: &str) {
 
 /// Whether the request carries `Authorization: Bearer …` (any case); such
 /// requests take the bearer path even on browser routes.
-fn has_bearer(req: &actix_web::HttpRequest) -> bool {
+fn has_bearer(req: &crate::proxy::Request) -> bool {
     req.headers()
         .get_all(header::AUTHORIZATION)
         .any(|v| v.as_bytes().len() >= 6 && v.as_bytes()[..6].eq_ignore_ascii_case(b"bearer"))
@@ -725,7 +725,7 @@ fn has_bearer(req: &actix_web::HttpRequest) -> bool {
 /// case-insensitively, a one-word header is malformed, another scheme
 /// counts as no token, several `Authorization` headers or a token in both
 /// header and query are refused, and query tokens are not accepted.
-fn bearer_token(req: &actix_web::HttpRequest) -> Result<Option<&str>, Refusal> {
+fn bearer_token(req: &crate::proxy::Request) -> Result<Option<&str>, Refusal> {
     let mut values = req.headers().get_all(header::AUTHORIZATION);
     let Some(value) = values.next() else {
         return Ok(None);

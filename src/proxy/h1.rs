@@ -19,6 +19,8 @@ use futures_util::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::framing::{decode, invalid, ChunkState, Framing, Step};
+
 /// Idle connections older than this are not reused: upstreams close idle
 /// keep-alive connections (nginx after 60 s by default).
 const IDLE_MAX_AGE: Duration = Duration::from_secs(30);
@@ -263,25 +265,6 @@ async fn exchange(mut conn: TcpStream, head: &[u8], method: &Method) -> Result<P
     }
 }
 
-#[derive(Clone, Copy)]
-enum ChunkState {
-    /// Expecting a chunk-size line.
-    Size,
-    /// Inside a chunk with this many bytes left, then its CRLF.
-    Data(u64),
-    /// Expecting the CRLF after a chunk's data.
-    DataEnd,
-    /// After the last chunk: trailer lines until an empty one.
-    Trailers,
-}
-
-enum Framing {
-    /// Bytes still to come.
-    Length(u64),
-    Chunked(ChunkState),
-    UntilClose,
-}
-
 struct BodyState {
     conn: Option<TcpStream>,
     /// Bytes read but not yet handed out.
@@ -328,10 +311,6 @@ impl Stream for Body {
     }
 }
 
-fn invalid(msg: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_owned())
-}
-
 impl BodyState {
     /// Reads more from the connection; `false` at end of stream.
     async fn fill(&mut self) -> std::io::Result<bool> {
@@ -345,76 +324,16 @@ impl BodyState {
 
     async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
         loop {
-            match self.framing {
-                Framing::Length(0) => return Ok(None),
-                Framing::Length(left) => {
-                    if self.buf.is_empty() && !self.fill().await? {
-                        return Err(invalid("the upstream closed before the end of the body"));
+            match decode(&mut self.buf, &mut self.framing)? {
+                Step::Data(chunk) => return Ok(Some(chunk)),
+                Step::End => return Ok(None),
+                Step::NeedMore => {
+                    if !self.fill().await? {
+                        return match self.framing {
+                            Framing::UntilClose => Ok(None),
+                            _ => Err(invalid("the upstream closed before the end of the body")),
+                        };
                     }
-                    let n = (self.buf.len() as u64).min(left) as usize;
-                    self.framing = Framing::Length(left - n as u64);
-                    return Ok(Some(self.buf.split_to(n).freeze()));
-                }
-                Framing::UntilClose => {
-                    if self.buf.is_empty() && !self.fill().await? {
-                        return Ok(None);
-                    }
-                    let all = self.buf.len();
-                    return Ok(Some(self.buf.split_to(all).freeze()));
-                }
-                Framing::Chunked(ChunkState::Data(0)) => {
-                    self.framing = Framing::Chunked(ChunkState::DataEnd);
-                }
-                Framing::Chunked(ChunkState::Data(left)) => {
-                    if self.buf.is_empty() && !self.fill().await? {
-                        return Err(invalid("the upstream closed inside a chunk"));
-                    }
-                    let n = (self.buf.len() as u64).min(left) as usize;
-                    self.framing = Framing::Chunked(ChunkState::Data(left - n as u64));
-                    return Ok(Some(self.buf.split_to(n).freeze()));
-                }
-                Framing::Chunked(state) => {
-                    // Line-based states: wait for a whole line.
-                    let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") else {
-                        if self.buf.len() > MAX_HEAD {
-                            return Err(invalid("chunk line too long"));
-                        }
-                        if !self.fill().await? {
-                            return Err(invalid("the upstream closed inside a chunked body"));
-                        }
-                        continue;
-                    };
-                    let line = self.buf.split_to(end + 2);
-                    let line = &line[..end];
-                    self.framing = match state {
-                        ChunkState::Size => {
-                            let hex = line.split(|b| *b == b';').next().unwrap_or(&[]);
-                            let hex =
-                                std::str::from_utf8(hex).map_err(|_| invalid("bad chunk size"))?;
-                            let size = u64::from_str_radix(hex.trim(), 16)
-                                .map_err(|_| invalid("bad chunk size"))?;
-                            if size == 0 {
-                                Framing::Chunked(ChunkState::Trailers)
-                            } else {
-                                Framing::Chunked(ChunkState::Data(size))
-                            }
-                        }
-                        ChunkState::DataEnd => {
-                            if !line.is_empty() {
-                                return Err(invalid("missing CRLF after a chunk"));
-                            }
-                            Framing::Chunked(ChunkState::Size)
-                        }
-                        ChunkState::Trailers => {
-                            if line.is_empty() {
-                                self.framing = Framing::Length(0);
-                                return Ok(None);
-                            }
-                            Framing::Chunked(ChunkState::Trailers)
-                        }
-                        // Data states are handled by the arms above.
-                        ChunkState::Data(_) => Framing::Chunked(state),
-                    };
                 }
             }
         }

@@ -2,9 +2,12 @@
 //! pick a node → forward with streamed bodies → stream the answer back.
 
 pub mod balancer;
+pub mod framing;
 pub mod h1;
 pub mod headers;
 pub mod path;
+pub mod request;
+pub mod server;
 pub mod websocket;
 
 use std::net::IpAddr;
@@ -13,13 +16,14 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::HttpResponse;
 use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use ipnet::IpNet;
 
 use crate::plugins::Ctx;
 use crate::snapshot::{CompiledRoute, Snapshot, Target};
+pub use request::{Payload, Request};
 
 /// Headers only the gateway may set; client copies never reach upstream,
 /// whatever the route and the outcome (attack kind K04).
@@ -96,38 +100,36 @@ impl ProxyError {
 
 /// Handles every request on the proxy listener.
 pub async fn handle(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<ProxyState>,
-    clients: web::Data<Clients>,
+    req: &Request,
+    payload: Payload,
+    state: &ProxyState,
+    clients: &Clients,
 ) -> HttpResponse {
-    match forward(&req, payload, &state, &clients).await {
+    match forward(req, payload, state, clients).await {
         Ok(resp) => resp,
         Err(e) => e.response(),
     }
 }
 
 async fn forward(
-    req: &HttpRequest,
-    mut payload: web::Payload,
+    req: &Request,
+    mut payload: Payload,
     state: &ProxyState,
     clients: &Clients,
 ) -> Result<HttpResponse, ProxyError> {
-    let peer = req
-        .peer_addr()
-        .map_or(IpAddr::from([127, 0, 0, 1]), |a| a.ip());
+    let peer: IpAddr = req.peer_addr().ip();
 
     // Oversized headers are refused before anything looks at them.
     check_header_sizes(req.headers())?;
 
     // Canonical path first: routing and every decision use it.
-    let path = path::canonicalize(req.uri().path())?;
+    let path = path::canonicalize(req.path())?;
     let raw_host = req
         .headers()
         .get(header::HOST)
         .map(|v| v.to_str().map_err(|_| ProxyError::BadHost))
         .transpose()?
-        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        .or_else(|| req.authority());
     let normalized = match raw_host {
         Some(h) => Some(headers::normalize_host(h).ok_or(ProxyError::BadHost)?),
         None => None,
@@ -190,7 +192,7 @@ async fn forward(
     }
     headers::set_forwarded(&mut headers, &peer.to_string(), host_header, trusted);
 
-    let target = match req.uri().query() {
+    let target = match req.query() {
         Some(q) => format!("{path}?{q}"),
         None => path.into_owned(),
     };

@@ -11,18 +11,18 @@ use std::time::Duration;
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::HttpResponse;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::ProxyError;
+use super::{Payload, ProxyError, Request};
 
 /// Largest upstream response head accepted.
 const MAX_HEAD: usize = 16 * 1024;
 
 /// Whether the client asks for a WebSocket upgrade.
-pub fn is_upgrade(req: &HttpRequest) -> bool {
+pub fn is_upgrade(req: &Request) -> bool {
     req.headers()
         .get("upgrade")
         .and_then(|v| v.to_str().ok())
@@ -31,8 +31,8 @@ pub fn is_upgrade(req: &HttpRequest) -> bool {
 
 /// Opens the tunnel to `authority` (plain HTTP only).
 pub async fn tunnel(
-    req: &HttpRequest,
-    mut payload: web::Payload,
+    req: &Request,
+    payload: Payload,
     headers: &HeaderMap,
     authority: &str,
     target: &str,
@@ -110,9 +110,11 @@ pub async fn tunnel(
         return Ok(resp.body(early));
     }
 
-    // Relay both ways until either side closes.
+    // Relay both ways until either side closes: from here on, whatever
+    // the client sends belongs to the tunnel.
+    let mut payload = payload.into_tunnel();
     let (from_upstream, mut to_upstream) = upstream.into_split();
-    actix_web::rt::spawn(async move {
+    tokio::task::spawn_local(async move {
         while let Some(Ok(chunk)) = payload.next().await {
             if to_upstream.write_all(&chunk).await.is_err() {
                 break;
