@@ -925,7 +925,7 @@ fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
 }
 
 /// `scheme://host` of the request: the scheme of this connection and the
-/// `Host` header (else the request target's authority), as APISIX's
+/// request target's authority, else the `Host` header, as APISIX's
 /// `$scheme://$host`. Forwarding headers (`Forwarded`, `X-Forwarded-Host`,
 /// `X-Forwarded-Proto`) are the client's to choose and never decide where
 /// the provider sends codes (attack kind K14); behind a TLS-terminating
@@ -933,14 +933,18 @@ fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
 fn origin(ctx: &Ctx<'_>) -> String {
     // The proxy listener speaks plain HTTP.
     let scheme = "http";
+    // An absolute-form target's authority wins over `Host`, as in routing.
     let host = ctx
         .req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .filter(|h| !h.is_empty())
+        .authority()
         .map(str::to_owned)
-        .or_else(|| ctx.req.authority().map(str::to_owned))
+        .or_else(|| {
+            ctx.req
+                .header("host")
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned)
+        })
         .unwrap_or_else(|| "localhost".to_owned());
     format!("{scheme}://{host}")
 }

@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::Stream;
@@ -63,37 +62,63 @@ impl Pool {
 
     fn give_back(&self, node: &str, conn: TcpStream) {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(node.to_owned()).or_default();
-        if list.len() < MAX_IDLE_PER_NODE {
-            list.push((conn, Instant::now()));
+        match idle.get_mut(node) {
+            Some(list) if list.len() < MAX_IDLE_PER_NODE => list.push((conn, Instant::now())),
+            Some(_) => {}
+            None => {
+                idle.insert(node.to_owned(), vec![(conn, Instant::now())]);
+            }
         }
     }
 }
 
-/// An upstream answer: status, headers and the body as a stream.
+type Span = std::ops::Range<usize>;
+
+/// An upstream answer: status, the head as received, and the body as a
+/// stream.
 pub struct Answer {
     pub status: StatusCode,
-    pub headers: HeaderMap,
+    head: Bytes,
+    fields: Vec<(Span, Span)>,
+    /// The answer's `Content-Length`, when it has one.
+    pub length: Option<u64>,
     pub body: Body,
 }
 
-/// An HTTP/1.1 request head: request line, `headers`, then the raw header
-/// lines in `extra` (each ending in CRLF), then the blank line.
-pub fn request_head(method: &Method, target: &str, headers: &HeaderMap, extra: &[u8]) -> Vec<u8> {
-    let mut head = Vec::with_capacity(512);
-    head.extend_from_slice(method.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(target.as_bytes());
-    head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
+impl Answer {
+    /// The header fields as received, in order.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
+        self.fields
+            .iter()
+            .map(|(n, v)| (&self.head[n.clone()], &self.head[v.clone()]))
     }
-    head.extend_from_slice(extra);
-    head.extend_from_slice(b"\r\n");
-    head
+}
+
+/// Writes HTTP/1.1 request heads: request line, header lines (names
+/// written in lower case), blank line.
+pub struct HeadWriter(pub Vec<u8>);
+
+impl HeadWriter {
+    pub fn new(method: &Method, target: &str) -> HeadWriter {
+        let mut head = Vec::with_capacity(512);
+        head.extend_from_slice(method.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(target.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        HeadWriter(head)
+    }
+
+    pub fn field(&mut self, name: &[u8], value: &[u8]) {
+        self.0.extend(name.iter().map(u8::to_ascii_lowercase));
+        self.0.extend_from_slice(b": ");
+        self.0.extend_from_slice(value);
+        self.0.extend_from_slice(b"\r\n");
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.0.extend_from_slice(b"\r\n");
+        self.0
+    }
 }
 
 /// Sends a request without a body to `node` and reads the answer's head.
@@ -101,16 +126,13 @@ pub async fn send(
     pool: &Rc<Pool>,
     node: &str,
     method: &Method,
-    target: &str,
-    headers: &HeaderMap,
+    head: &[u8],
     connect_timeout: Duration,
 ) -> Result<Answer, H1Error> {
-    let head = request_head(method, target, headers, b"");
-
     // A pooled connection may have been closed by the upstream meanwhile:
     // when it fails before any byte of an answer, try a fresh one.
     if let Some(conn) = pool.take(node) {
-        match exchange(conn, &head, method).await {
+        match exchange(conn, head, method).await {
             Ok(answer) => return Ok(answer.into_answer(pool.clone(), node)),
             Err(Exchange::Stale) => {}
             Err(Exchange::Failed(e)) => return Err(e),
@@ -121,7 +143,7 @@ pub async fn send(
         .map_err(|_| H1Error::ConnectTimeout)?
         .map_err(H1Error::Connect)?;
     let _ = conn.set_nodelay(true);
-    match exchange(conn, &head, method).await {
+    match exchange(conn, head, method).await {
         Ok(answer) => Ok(answer.into_answer(pool.clone(), node)),
         Err(Exchange::Stale) => Err(H1Error::Broken("closed before answering".into())),
         Err(Exchange::Failed(e)) => Err(e),
@@ -136,7 +158,9 @@ enum Exchange {
 
 struct Parsed {
     status: StatusCode,
-    headers: HeaderMap,
+    head: Bytes,
+    fields: Vec<(Span, Span)>,
+    length: Option<u64>,
     framing: Framing,
     reusable: bool,
     conn: TcpStream,
@@ -155,7 +179,9 @@ impl Parsed {
         };
         Answer {
             status: self.status,
-            headers: self.headers,
+            head: self.head,
+            fields: self.fields,
+            length: self.length,
             body: Body::new(state),
         }
     }
@@ -205,30 +231,29 @@ async fn exchange(mut conn: TcpStream, head: &[u8], method: &Method) -> Result<P
                 continue;
             }
             let http10 = resp.version == Some(0);
-            let mut headers = HeaderMap::with_capacity(resp.headers.len());
+            let mut fields = Vec::with_capacity(resp.headers.len());
             let mut length = None;
             let mut chunked = false;
             let mut close = http10;
+            let base = buf.as_ptr() as usize;
             for h in resp.headers.iter() {
-                let name = HeaderName::from_bytes(h.name.as_bytes())
-                    .map_err(|_| broken("invalid header name".into()))?;
-                let value = HeaderValue::from_bytes(h.value)
-                    .map_err(|_| broken("invalid header value".into()))?;
-                if name == actix_web::http::header::CONTENT_LENGTH {
+                let name = h.name.as_bytes();
+                if name.eq_ignore_ascii_case(b"content-length") {
                     let n = std::str::from_utf8(h.value)
                         .ok()
-                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                        .and_then(|v| v.parse::<u64>().ok())
                         .ok_or_else(|| broken("invalid content-length".into()))?;
                     if length.is_some_and(|l| l != n) {
                         return Err(broken("conflicting content-length".into()));
                     }
                     length = Some(n);
-                } else if name == actix_web::http::header::TRANSFER_ENCODING {
+                } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                     chunked = h.value.eq_ignore_ascii_case(b"chunked");
                     if !chunked {
                         return Err(broken("unsupported transfer-encoding".into()));
                     }
-                } else if name == actix_web::http::header::CONNECTION {
+                } else if name.eq_ignore_ascii_case(b"connection") {
                     let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
                     if v.split(',').any(|t| t.trim() == "close") {
                         close = true;
@@ -236,7 +261,15 @@ async fn exchange(mut conn: TcpStream, head: &[u8], method: &Method) -> Result<P
                         close = false;
                     }
                 }
-                headers.append(name, value);
+                let at = |part: &[u8]| {
+                    let start = part.as_ptr() as usize - base;
+                    start..start + part.len()
+                };
+                fields.push((at(name), at(h.value)));
+            }
+            if chunked {
+                // A chunked answer's length is the chunks' (RFC 9112 §6.3).
+                length = None;
             }
             let no_body = *method == Method::HEAD
                 || status == StatusCode::NO_CONTENT
@@ -252,10 +285,12 @@ async fn exchange(mut conn: TcpStream, head: &[u8], method: &Method) -> Result<P
                 close = true;
                 Framing::UntilClose
             };
-            buf.advance(len);
+            let head = buf.split_to(len).freeze();
             return Ok(Parsed {
                 status,
-                headers,
+                head,
+                fields,
+                length,
                 framing,
                 reusable: !close && status != StatusCode::SWITCHING_PROTOCOLS,
                 conn,

@@ -25,16 +25,8 @@ use crate::plugins::Ctx;
 use crate::snapshot::{CompiledRoute, Snapshot, Target};
 pub use request::{Payload, Request};
 
-/// Headers only the gateway may set; client copies never reach upstream,
-/// whatever the route and the outcome (attack kind K04).
-pub const IDENTITY_HEADERS: &[&str] = &[
-    "x-access-token",
-    "x-userinfo",
-    "x-id-token",
-    "x-refresh-token",
-    "x-raw-id-token",
-];
 use balancer::{Balancer, PassHost};
+pub use headers::IDENTITY_HEADERS;
 
 /// What every proxy worker shares.
 pub struct ProxyState {
@@ -98,16 +90,34 @@ impl ProxyError {
     }
 }
 
+/// What the proxy answers a request with.
+pub enum Reply {
+    /// An answer made here, or relayed through awc.
+    Response(HttpResponse),
+    /// An upstream answer read by the lean client, relayed as received.
+    Upstream(UpstreamReply),
+}
+
+/// An upstream answer to relay, with the plugins' response headers.
+pub struct UpstreamReply {
+    pub answer: h1::Answer,
+    /// Headers plugins add to the answer: `Set-Cookie` and `Vary` are added
+    /// to the upstream's, anything else replaces them.
+    pub extra: header::HeaderMap,
+    /// The longest pause allowed between two pieces of the body.
+    pub idle: Duration,
+}
+
 /// Handles every request on the proxy listener.
 pub async fn handle(
     req: &Request,
     payload: Payload,
     state: &ProxyState,
     clients: &Clients,
-) -> HttpResponse {
+) -> Reply {
     match forward(req, payload, state, clients).await {
-        Ok(resp) => resp,
-        Err(e) => e.response(),
+        Ok(reply) => reply,
+        Err(e) => Reply::Response(e.response()),
     }
 }
 
@@ -116,20 +126,22 @@ async fn forward(
     mut payload: Payload,
     state: &ProxyState,
     clients: &Clients,
-) -> Result<HttpResponse, ProxyError> {
+) -> Result<Reply, ProxyError> {
     let peer: IpAddr = req.peer_addr().ip();
 
     // Oversized headers are refused before anything looks at them.
-    check_header_sizes(req.headers())?;
+    check_header_sizes(req.fields())?;
 
     // Canonical path first: routing and every decision use it.
     let path = path::canonicalize(req.path())?;
-    let raw_host = req
-        .headers()
-        .get(header::HOST)
-        .map(|v| v.to_str().map_err(|_| ProxyError::BadHost))
-        .transpose()?
-        .or_else(|| req.authority());
+    // An absolute-form target's authority wins over `Host` (RFC 9112 §3.2.2).
+    let raw_host = match req.authority() {
+        Some(a) => Some(a),
+        None => req
+            .header("host")
+            .map(|v| std::str::from_utf8(v).map_err(|_| ProxyError::BadHost))
+            .transpose()?,
+    };
     let normalized = match raw_host {
         Some(h) => Some(headers::normalize_host(h).ok_or(ProxyError::BadHost)?),
         None => None,
@@ -155,22 +167,14 @@ async fn forward(
         return Err(ProxyError::NoNode);
     }
 
-    // Headers for the upstream: hop-by-hop and gateway-owned identity
-    // headers gone before any plugin adds its own.
-    let trusted = state.trusted.iter().any(|n| n.contains(&peer));
-    let mut headers = headers::upstream_request_headers(req.headers(), trusted);
-    for name in IDENTITY_HEADERS {
-        headers.remove(*name);
-    }
-    if !snapshot.gateway_cookies.is_empty() {
-        headers::strip_cookies(&mut headers, &snapshot.gateway_cookies);
-    }
-
-    // Plugins, in priority order; any of them may answer instead.
+    // Plugins, in priority order; any of them may answer instead. What
+    // they set for the upstream goes in `overlay`, and replaces the
+    // client's headers of the same name.
     let plugins = compiled
         .plugins
         .as_ref()
         .map_err(|e| ProxyError::PluginUnavailable(e.clone()))?;
+    let mut overlay = header::HeaderMap::new();
     let mut extra_response_headers = header::HeaderMap::new();
     if !plugins.is_empty() {
         let idp_client = clients.default_client();
@@ -179,37 +183,44 @@ async fn forward(
             path: &path,
             route_id: &route.id,
             client: &idp_client,
-            upstream_headers: &mut headers,
+            upstream_headers: &mut overlay,
             response_headers: &mut extra_response_headers,
             payload: &mut payload,
         };
         for plugin in plugins {
             if let Err(mut answer) = plugin.access(&mut ctx).await {
                 append_all(answer.headers_mut(), &extra_response_headers);
-                return Ok(answer);
+                return Ok(Reply::Response(answer));
             }
         }
     }
-    headers::set_forwarded(&mut headers, &peer.to_string(), host_header, trusted);
+    let forwarding = headers::Forwarding {
+        client_ip: peer,
+        host: host_header,
+        trusted: state.trusted.iter().any(|n| n.contains(&peer)),
+    };
+    // The upstream's headers for one node, handed to `emit`.
+    let upstream_fields = |node: &str, emit: &mut dyn FnMut(&[u8], &[u8])| {
+        let host = upstream_host(balancer, host_header, node);
+        headers::upstream_request_fields(
+            req.fields(),
+            &overlay,
+            Some(host.as_bytes()),
+            &forwarding,
+            &snapshot.gateway_cookies,
+            emit,
+        );
+    };
 
     let target = match req.query() {
         Some(q) => format!("{path}?{q}"),
         None => path.into_owned(),
     };
-    let content_length = if req.headers().contains_key(header::TRANSFER_ENCODING) {
-        None
-    } else {
-        req.headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
+    let (content_length, has_body) = match req.body() {
+        request::BodyKind::None => (None, false),
+        request::BodyKind::Length(n) => (Some(n), true),
+        request::BodyKind::Chunked => (None, true),
     };
-    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
-        || req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim() != "0");
     let (connect, send_timeout, read) = match compiled.timeout {
         Some(t) => (
             Duration::try_from_secs_f64(t.connect).unwrap_or(balancer.connect_timeout),
@@ -231,30 +242,21 @@ async fn forward(
             // such upgrades are refused rather than sent in clear text.
             return Err(ProxyError::UpstreamBroken);
         }
-        if let Some(h) = upstream_host(balancer, host_header, &node.authority) {
-            headers.insert(header::HOST, h);
-        }
-        return websocket::tunnel(
-            req,
-            payload,
-            &headers,
-            &node.authority,
-            &target,
-            connect,
-            read,
-        )
-        .await;
+        let mut head = h1::HeadWriter::new(req.method(), &target);
+        upstream_fields(&node.authority, &mut |n, v| head.field(n, v));
+        head.field(b"connection", b"upgrade");
+        head.field(b"upgrade", b"websocket");
+        return websocket::tunnel(payload, head.finish(), &node.authority, connect, read)
+            .await
+            .map(Reply::Response);
     }
 
     // Try nodes in turn; only a failed connection moves on, and only while
     // the body has not been handed to a connection.
     let started = Instant::now();
-    let client = clients.for_connect_timeout(connect);
     let mut payload = Some(payload);
     let mut last = ProxyError::UpstreamUnreachable;
-    let mut attempts = balancer.attempts().peekable();
-    while let Some(node) = attempts.next() {
-        let last_attempt = attempts.peek().is_none();
+    for node in balancer.attempts() {
         if let Some(cap) = balancer.retry_timeout {
             if started.elapsed() > cap {
                 break;
@@ -262,29 +264,15 @@ async fn forward(
         }
         // The common case — plain http, no body — takes the lean client.
         if !balancer.https && !has_body {
-            let mut h = if last_attempt {
-                std::mem::take(&mut headers)
-            } else {
-                headers.clone()
-            };
-            match upstream_host(balancer, host_header, &node.authority) {
-                Some(v) => {
-                    h.insert(header::HOST, v);
-                }
-                None => {
-                    if let Ok(v) = HeaderValue::from_str(&node.authority) {
-                        h.insert(header::HOST, v);
-                    }
-                }
-            }
+            let mut head = h1::HeadWriter::new(req.method(), &target);
+            upstream_fields(&node.authority, &mut |n, v| head.field(n, v));
             let sent = tokio::time::timeout(
                 read,
                 h1::send(
                     &clients.h1,
                     &node.authority,
                     req.method(),
-                    &target,
-                    &h,
+                    &head.finish(),
                     connect,
                 ),
             )
@@ -295,8 +283,14 @@ async fn forward(
                     return Err(ProxyError::UpstreamTimedOut);
                 }
                 Ok(Ok(answer)) => {
-                    let head = response_head(answer.status, &answer.headers, &route.id, node)?;
-                    return Ok(respond(head, answer.body, read, &extra_response_headers));
+                    if answer.status == StatusCode::SWITCHING_PROTOCOLS {
+                        return Err(unexpected_switch(&route.id, node));
+                    }
+                    return Ok(Reply::Upstream(UpstreamReply {
+                        answer,
+                        extra: extra_response_headers,
+                        idle: read,
+                    }));
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(route.id = %route.id, upstream.node = %node.authority, error = %e, "upstream request failed");
@@ -320,14 +314,19 @@ async fn forward(
             node.authority,
             target
         );
+        let client = clients.for_connect_timeout(connect);
         let mut creq = client.request(req.method().clone(), url.as_str());
-        *creq.headers_mut() = if last_attempt {
-            std::mem::take(&mut headers)
-        } else {
-            headers.clone()
-        };
-        if let Some(h) = upstream_host(balancer, host_header, &node.authority) {
-            creq.headers_mut().insert(header::HOST, h);
+        {
+            let map = creq.headers_mut();
+            map.clear();
+            upstream_fields(&node.authority, &mut |n, v| {
+                if let (Ok(n), Ok(v)) = (
+                    header::HeaderName::from_bytes(n),
+                    HeaderValue::from_bytes(v),
+                ) {
+                    map.append(n, v);
+                }
+            });
         }
 
         // `read` runs from the moment the request is fully sent until the
@@ -375,8 +374,24 @@ async fn forward(
         };
         match sent {
             Ok(resp) => {
-                let head = response_head(resp.status(), resp.headers(), &route.id, node)?;
-                return Ok(respond(head, resp, read, &extra_response_headers));
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(unexpected_switch(&route.id, node));
+                }
+                let mut out = HttpResponse::build(resp.status());
+                headers::client_response_fields(
+                    headers::map_fields(resp.headers()).into_iter(),
+                    |n, v| {
+                        if let (Ok(n), Ok(v)) = (
+                            header::HeaderName::from_bytes(n),
+                            HeaderValue::from_bytes(v),
+                        ) {
+                            out.append_header((n, v));
+                        }
+                    },
+                );
+                let mut answer = out.streaming(idle_timeout(resp, read));
+                append_all(answer.headers_mut(), &extra_response_headers);
+                return Ok(Reply::Response(answer));
             }
             Err(e) => {
                 let (err, retry) = classify(&e);
@@ -399,14 +414,21 @@ async fn forward(
     Err(last)
 }
 
-/// The Host header for the upstream, per `pass_host`.
-fn upstream_host(b: &Balancer, client_host: Option<&str>, node: &str) -> Option<HeaderValue> {
-    let host = match b.pass_host {
-        PassHost::Pass => client_host?,
+/// A switch of protocol is refused: only WebSocket routes tunnel, and they
+/// do not come here.
+fn unexpected_switch(route_id: &str, node: &crate::model::upstream::NodeAddr) -> ProxyError {
+    tracing::warn!(route.id = %route_id, upstream.node = %node.authority, "upstream switched protocols on a route without enable_websocket");
+    ProxyError::UpstreamBroken
+}
+
+/// The Host header for the upstream, per `pass_host` (the node's address
+/// when the client sent none).
+fn upstream_host<'a>(b: &'a Balancer, client_host: Option<&'a str>, node: &'a str) -> &'a str {
+    match b.pass_host {
+        PassHost::Pass => client_host.unwrap_or(node),
         PassHost::Node => node,
-        PassHost::Rewrite => b.upstream_host.as_deref()?,
-    };
-    HeaderValue::from_str(host).ok()
+        PassHost::Rewrite => b.upstream_host.as_deref().unwrap_or(node),
+    }
 }
 
 /// Maps a client error to the gateway's answer, and whether another node
@@ -422,54 +444,20 @@ fn classify(e: &awc::error::SendRequestError) -> (ProxyError, bool) {
     }
 }
 
-/// The answer's status and end-to-end headers. A switch of protocol is
-/// refused: only WebSocket routes tunnel, and they do not come here.
-fn response_head(
-    status: StatusCode,
-    upstream: &header::HeaderMap,
-    route_id: &str,
-    node: &crate::model::upstream::NodeAddr,
-) -> Result<actix_web::HttpResponseBuilder, ProxyError> {
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        tracing::warn!(route.id = %route_id, upstream.node = %node.authority, "upstream switched protocols on a route without enable_websocket");
-        return Err(ProxyError::UpstreamBroken);
-    }
-    let mut out = HttpResponse::build(status);
-    headers::client_response_headers(upstream, |k, v| {
-        out.append_header((k.clone(), v.clone()));
-    });
-    Ok(out)
-}
-
-/// Streams `body` to the client (ended when it stalls for `idle`), with
-/// the plugins' response headers.
-fn respond<S, E>(
-    mut head: actix_web::HttpResponseBuilder,
-    body: S,
-    idle: Duration,
-    extra: &header::HeaderMap,
-) -> HttpResponse
-where
-    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin + 'static,
-    E: std::fmt::Display,
-{
-    let mut answer = head.streaming(idle_timeout(body, idle));
-    append_all(answer.headers_mut(), extra);
-    answer
-}
-
 /// Largest single header value, as nginx's default `large_client_header_buffers`.
 pub const MAX_HEADER_VALUE: usize = 8 * 1024;
 /// Largest sum of all header names and values.
 pub const MAX_HEADERS_TOTAL: usize = 32 * 1024;
 
-fn check_header_sizes(headers: &header::HeaderMap) -> Result<(), ProxyError> {
+fn check_header_sizes<'a>(
+    fields: impl Iterator<Item = headers::Field<'a>>,
+) -> Result<(), ProxyError> {
     let mut total = 0;
-    for (name, value) in headers {
+    for (name, value) in fields {
         if value.len() > MAX_HEADER_VALUE {
             return Err(ProxyError::HeadersTooLarge);
         }
-        total += name.as_str().len() + value.len();
+        total += name.len() + value.len();
     }
     if total > MAX_HEADERS_TOTAL {
         return Err(ProxyError::HeadersTooLarge);
@@ -562,7 +550,7 @@ fn build_client(connect: Duration) -> awc::Client {
 
 /// Adds plugin-set response headers: cookies and `Vary` are added to the
 /// upstream's, anything else replaces what the upstream sent.
-fn append_all(to: &mut header::HeaderMap, from: &header::HeaderMap) {
+pub fn append_all(to: &mut header::HeaderMap, from: &header::HeaderMap) {
     for name in from.keys() {
         if name != header::SET_COOKIE && name != header::VARY {
             to.remove(name);

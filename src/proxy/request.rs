@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::Method;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
@@ -20,17 +20,32 @@ use super::framing::{decode, invalid, ChunkState, Framing, Step};
 pub const MAX_HEADERS: usize = 100;
 const READ_CHUNK: usize = 16 * 1024;
 
-/// The head of one request.
+type Span = std::ops::Range<usize>;
+
+/// The head of one request, kept as the bytes the client sent; the
+/// header map plugins see is built only when one asks for it.
 pub struct Request {
+    head: Bytes,
     method: Method,
-    /// The request target as sent: origin form (`/a?b`) or absolute form.
-    target: String,
-    /// Where the path ends and the query (if any) begins in `target`.
-    path: std::ops::Range<usize>,
-    authority: Option<std::ops::Range<usize>>,
+    /// The path (up to `?`) of the request target.
+    path: Span,
+    /// The query, without its `?`.
+    query: Option<Span>,
+    /// The authority of an absolute-form request target.
+    authority: Option<Span>,
+    fields: Vec<(Span, Span)>,
+    map: std::cell::OnceCell<HeaderMap>,
     http10: bool,
-    headers: HeaderMap,
+    body: BodyKind,
     peer: SocketAddr,
+}
+
+/// How the request's body is framed, as far as forwarding cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    None,
+    Length(u64),
+    Chunked,
 }
 
 impl Request {
@@ -38,21 +53,47 @@ impl Request {
         &self.method
     }
 
+    /// The header fields as sent, in order.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
+        self.fields
+            .iter()
+            .map(|(n, v)| (&self.head[n.clone()], &self.head[v.clone()]))
+    }
+
+    /// The first value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.fields()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// The headers as a map (built on first use).
     pub fn headers(&self) -> &HeaderMap {
-        &self.headers
+        self.map.get_or_init(|| {
+            let mut map = HeaderMap::with_capacity(self.fields.len());
+            for (n, v) in &self.fields {
+                // Both were checked by the parser; slicing shares the bytes.
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(&self.head[n.clone()]),
+                    HeaderValue::from_maybe_shared(self.head.slice(v.clone())),
+                ) {
+                    map.append(name, value);
+                }
+            }
+            map
+        })
     }
 
     /// The path as sent, not yet canonical.
     pub fn path(&self) -> &str {
-        match &self.target[self.path.clone()] {
+        match self.str_at(&self.path) {
             "" => "/",
             p => p,
         }
     }
 
     pub fn query(&self) -> Option<&str> {
-        let rest = &self.target[self.path.end..];
-        rest.strip_prefix('?')
+        self.query.as_ref().map(|q| self.str_at(q))
     }
 
     /// The query, or `""`.
@@ -62,14 +103,23 @@ impl Request {
 
     /// The authority of an absolute-form request target.
     pub fn authority(&self) -> Option<&str> {
-        self.authority.clone().map(|r| &self.target[r])
+        self.authority.as_ref().map(|a| self.str_at(a))
+    }
+
+    fn str_at(&self, span: &Span) -> &str {
+        // The request target was checked to be ASCII by the parser.
+        std::str::from_utf8(&self.head[span.clone()]).unwrap_or("")
+    }
+
+    pub fn body(&self) -> BodyKind {
+        self.body
     }
 
     /// The value of the first cookie called `name`, from any `Cookie` line.
     pub fn cookie(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get_all(header::COOKIE)
-            .filter_map(|v| v.to_str().ok())
+        self.fields()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"cookie"))
+            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
             .find(|(n, _)| n.trim() == name)
@@ -101,19 +151,53 @@ pub enum HeadError {
     UnsupportedCoding,
 }
 
-/// A parsed head, and how its body is framed.
+/// What parsing a complete head found.
 pub struct Parsed {
-    pub request: Request,
+    /// Bytes of the head, to take from the buffer.
+    pub len: usize,
     pub framing: Framing,
     /// The client wants the connection kept after this exchange.
     pub keep_alive: bool,
     pub expect_continue: bool,
-    /// Bytes of the head, to drop from the buffer.
-    pub len: usize,
+    method: Method,
+    path: Span,
+    query: Option<Span>,
+    authority: Option<Span>,
+    fields: Vec<(Span, Span)>,
+    http10: bool,
+}
+
+impl Parsed {
+    /// The request, from the head's bytes (the first `len` bytes parsed).
+    pub fn into_request(self, head: Bytes, peer: SocketAddr) -> Request {
+        let body = match self.framing {
+            Framing::Length(0) => BodyKind::None,
+            Framing::Length(n) => BodyKind::Length(n),
+            _ => BodyKind::Chunked,
+        };
+        Request {
+            head,
+            method: self.method,
+            path: self.path,
+            query: self.query,
+            authority: self.authority,
+            fields: self.fields,
+            map: Default::default(),
+            http10: self.http10,
+            body,
+            peer,
+        }
+    }
+}
+
+/// Where `part` (a slice of `buf`) lies in `buf`.
+fn span(buf: &[u8], part: &[u8]) -> Span {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
 }
 
 /// Parses a head from `buf`; `Ok(None)` while it is incomplete.
-pub fn parse_head(buf: &[u8], peer: SocketAddr) -> Result<Option<Parsed>, HeadError> {
+pub fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, HeadError> {
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut raw);
     let len = match req.parse(buf) {
@@ -125,29 +209,31 @@ pub fn parse_head(buf: &[u8], peer: SocketAddr) -> Result<Option<Parsed>, HeadEr
     let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
         .map_err(|_| HeadError::Bad("invalid method"))?;
     let http10 = req.version == Some(0);
-    let target = req.path.unwrap_or("").to_owned();
-    let (path, authority) =
-        split_target(&target).ok_or(HeadError::Bad("invalid request target"))?;
+    let target = req.path.unwrap_or("");
+    let (path, authority) = split_target(target).ok_or(HeadError::Bad("invalid request target"))?;
+    let base = span(buf, target.as_bytes()).start;
+    let query = target[path.end..]
+        .strip_prefix('?')
+        .map(|q| base + target.len() - q.len()..base + target.len());
+    let path = base + path.start..base + path.end;
+    let authority = authority.map(|a| base + a.start..base + a.end);
 
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut fields = Vec::with_capacity(req.headers.len());
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut coding_seen = false;
     let mut close = http10;
     let mut expect_continue = false;
     for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| HeadError::Bad("invalid header name"))?;
-        let value =
-            HeaderValue::from_bytes(h.value).map_err(|_| HeadError::Bad("invalid header value"))?;
-        if name == header::CONTENT_LENGTH {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
             // One Content-Length of bare digits; repeats and lists are
             // refused rather than reconciled (attack kind K17).
             if length.is_some() {
                 return Err(HeadError::Bad("more than one Content-Length"));
             }
             length = Some(parse_length(h.value).ok_or(HeadError::Bad("invalid Content-Length"))?);
-        } else if name == header::TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // Exactly one Transfer-Encoding, exactly `chunked`.
             if coding_seen {
                 return Err(HeadError::Bad("more than one Transfer-Encoding"));
@@ -158,7 +244,7 @@ pub fn parse_head(buf: &[u8], peer: SocketAddr) -> Result<Option<Parsed>, HeadEr
             } else {
                 return Err(HeadError::UnsupportedCoding);
             }
-        } else if name == header::CONNECTION {
+        } else if name.eq_ignore_ascii_case(b"connection") {
             for token in h.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
@@ -167,14 +253,14 @@ pub fn parse_head(buf: &[u8], peer: SocketAddr) -> Result<Option<Parsed>, HeadEr
                     close = false;
                 }
             }
-        } else if name == header::EXPECT {
+        } else if name.eq_ignore_ascii_case(b"expect") {
             if h.value.eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = !http10;
             } else {
                 return Err(HeadError::Bad("unsupported Expect"));
             }
         }
-        headers.append(name, value);
+        fields.push((span(buf, name), span(buf, h.value)));
     }
     let framing = match (chunked, length) {
         (true, Some(_)) => return Err(HeadError::Bad("both Content-Length and Transfer-Encoding")),
@@ -184,19 +270,16 @@ pub fn parse_head(buf: &[u8], peer: SocketAddr) -> Result<Option<Parsed>, HeadEr
         (false, None) => Framing::DONE,
     };
     Ok(Some(Parsed {
-        request: Request {
-            method,
-            target,
-            path,
-            authority,
-            http10,
-            headers,
-            peer,
-        },
+        len,
         framing,
         keep_alive: !close,
         expect_continue: expect_continue && !framing.is_done(),
-        len,
+        method,
+        path,
+        query,
+        authority,
+        fields,
+        http10,
     }))
 }
 
@@ -207,8 +290,6 @@ fn parse_length(v: &[u8]) -> Option<u64> {
     }
     std::str::from_utf8(v).ok()?.parse().ok()
 }
-
-type Span = std::ops::Range<usize>;
 
 /// The path's span and, for the absolute form, the authority's.
 fn split_target(target: &str) -> Option<(Span, Option<Span>)> {
@@ -348,8 +429,21 @@ mod tests {
         "127.0.0.1:1".parse().unwrap()
     }
 
-    fn head(s: &str) -> Result<Option<Parsed>, HeadError> {
-        parse_head(s.as_bytes(), peer())
+    struct Head {
+        request: Request,
+        framing: Framing,
+        keep_alive: bool,
+        expect_continue: bool,
+    }
+
+    fn head(s: &str) -> Result<Option<Head>, HeadError> {
+        let bytes = Bytes::copy_from_slice(s.as_bytes());
+        Ok(parse_head(&bytes)?.map(|p| Head {
+            framing: p.framing,
+            keep_alive: p.keep_alive,
+            expect_continue: p.expect_continue,
+            request: p.into_request(bytes.clone(), peer()),
+        }))
     }
 
     #[test]
@@ -416,6 +510,8 @@ mod tests {
         assert_eq!(p.request.cookie("b"), Some("2"));
         assert_eq!(p.request.cookie("c"), Some("3"));
         assert_eq!(p.request.cookie("d"), None);
+        assert_eq!(p.request.headers().get_all("cookie").count(), 2);
+        assert_eq!(p.request.header("COOKIE"), Some(&b"a=1; b=\"2\""[..]));
     }
 
     #[test]

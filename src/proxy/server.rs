@@ -16,12 +16,13 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::StatusCode;
-use actix_web::HttpResponse;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -29,7 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::request::{parse_head, ConnReader, HeadError, Payload};
-use super::{Clients, ProxyState};
+use super::{headers, Clients, ProxyState, Reply};
 
 /// Largest request head: the header limits of the proxy (32 KiB of names
 /// and values) plus the request line and separators.
@@ -192,6 +193,16 @@ async fn connection(stream: TcpStream, peer: SocketAddr, w: &Worker) {
     let reader = Rc::new(RefCell::new(ConnReader::new(rd)));
     let mut out = Vec::with_capacity(4096);
     let mut stopped = w.stopped.clone();
+    let stop = stopped.wait_for(|s| *s);
+    tokio::pin!(stop);
+    // One timer per connection, armed lazily: it moves only when it would
+    // fire too late, and fires at most once per keep-alive period on a
+    // busy connection (re-arming on every request costs a timer-wheel
+    // insertion and removal each time).
+    let mut last_active = Instant::now();
+    let mut head_deadline: Option<Instant> = None;
+    let timer = tokio::time::sleep_until(last_active + w.settings.keep_alive);
+    tokio::pin!(timer);
     loop {
         // The next head: idle time is bounded by keep-alive, a started
         // head by HEAD_TIMEOUT, and a stopping server closes idle
@@ -199,7 +210,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, w: &Worker) {
         let parsed = loop {
             let result = {
                 let r = reader.borrow();
-                parse_head(&r.buf, peer)
+                parse_head(&r.buf)
             };
             match result {
                 Ok(Some(p)) => break p,
@@ -220,31 +231,41 @@ async fn connection(stream: TcpStream, peer: SocketAddr, w: &Worker) {
                 let _ = refuse(&mut wr, &HeadError::TooLarge).await;
                 return;
             }
-            let wait = if empty {
-                w.settings.keep_alive
-            } else {
-                HEAD_TIMEOUT
-            };
+            // A started head has HEAD_TIMEOUT in all, however it trickles.
+            if empty {
+                head_deadline = None;
+            } else if head_deadline.is_none() {
+                head_deadline = Some(Instant::now() + HEAD_TIMEOUT);
+            }
+            let deadline = head_deadline.unwrap_or(last_active + w.settings.keep_alive);
+            if timer.deadline() > deadline {
+                timer.as_mut().reset(deadline);
+            }
             let fill = std::future::poll_fn(|cx| reader.borrow_mut().poll_fill(cx));
             tokio::select! {
-                r = tokio::time::timeout(wait, fill) => match r {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(_)) => return,
-                    Err(_) => {
-                        if !empty {
-                            let _ = write_simple(&mut wr, StatusCode::REQUEST_TIMEOUT, "request head timed out").await;
-                        }
-                        return;
-                    }
+                biased;
+                r = fill => if r.is_err() {
+                    return;
                 },
-                _ = stopped.wait_for(|s| *s), if empty => return,
+                () = &mut timer => {
+                    if Instant::now() < deadline {
+                        // Armed for an earlier deadline than this one.
+                        timer.as_mut().reset(deadline);
+                        continue;
+                    }
+                    if !empty {
+                        let _ = write_simple(&mut wr, StatusCode::REQUEST_TIMEOUT, "request head timed out").await;
+                    }
+                    return;
+                },
+                _ = &mut stop, if empty => return,
             }
         };
-        {
+        let head = {
             let mut r = reader.borrow_mut();
-            let _ = r.buf.split_to(parsed.len);
             r.framing = parsed.framing;
-        }
+            r.buf.split_to(parsed.len).freeze()
+        };
         if parsed.expect_continue
             && wr
                 .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -253,25 +274,22 @@ async fn connection(stream: TcpStream, peer: SocketAddr, w: &Worker) {
         {
             return;
         }
-        let req = parsed.request;
+        let keep_alive = parsed.keep_alive;
+        let req = parsed.into_request(head, peer);
         let payload = Payload::new(reader.clone());
-        let resp = super::handle(&req, payload, &w.state, &w.clients).await;
+        let reply = super::handle(&req, payload, &w.state, &w.clients).await;
         let stopping = *w.stopped.borrow();
-        let keep_alive = parsed.keep_alive && !stopping;
-        let head_only = req.method() == actix_web::http::Method::HEAD;
-        match write_response(
-            &mut wr,
-            &mut out,
-            resp,
-            head_only,
-            req.is_http10(),
-            keep_alive,
-        )
-        .await
-        {
+        let message = Message {
+            head_only: req.method() == actix_web::http::Method::HEAD,
+            http10: req.is_http10(),
+            keep_alive: keep_alive && !stopping,
+        };
+        match write_reply(&mut wr, &mut out, reply, message).await {
             Ok(true) => {}
             Ok(false) | Err(_) => return,
         }
+        last_active = Instant::now();
+        head_deadline = None;
         // A body nobody read (an answer that did not need it) is skipped
         // so the connection can be kept; a large or slow one closes it.
         let unread = {
@@ -363,23 +381,18 @@ enum Out {
     Close,
 }
 
-/// Writes an answer; whether the connection may serve another request.
-async fn write_response(
-    wr: &mut OwnedWriteHalf,
-    out: &mut Vec<u8>,
-    resp: HttpResponse,
+/// What the request says about how to answer it.
+#[derive(Clone, Copy)]
+struct Message {
     head_only: bool,
     http10: bool,
-    mut keep_alive: bool,
-) -> std::io::Result<bool> {
-    let (resp, body) = resp.into_parts();
-    let status = resp.status();
-    let headers = resp.headers();
-    let tunnel = status == StatusCode::SWITCHING_PROTOCOLS;
-    let size = body.size();
+    keep_alive: bool,
+}
 
-    let framing = if tunnel {
-        keep_alive = false;
+/// The body framing for an answer with `status`, whose length is `length`
+/// when known in advance.
+fn out_framing(status: StatusCode, length: Option<u64>, http10: bool) -> Out {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
         Out::Close
     } else if status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -387,36 +400,26 @@ async fn write_response(
     {
         Out::None
     } else {
-        match size {
-            BodySize::None => Out::Length(0),
-            BodySize::Sized(n) => Out::Length(n),
-            // A streamed answer with the upstream's length keeps it.
-            BodySize::Stream => match declared_length(headers) {
-                Some(n) => Out::Length(n),
-                None if http10 => Out::Close,
-                None => Out::Chunked,
-            },
+        match length {
+            Some(n) => Out::Length(n),
+            None if http10 => Out::Close,
+            None => Out::Chunked,
         }
-    };
-    if framing == Out::Close {
-        keep_alive = false;
     }
+}
 
-    out.clear();
-    status_line(out, status);
-    let mut has_date = false;
-    for (name, value) in headers {
-        if !tunnel
-            && (name == header::CONTENT_LENGTH
-                || name == header::TRANSFER_ENCODING
-                || name == header::CONNECTION
-                || name == "keep-alive")
-        {
-            continue;
-        }
-        has_date |= name == header::DATE;
-        push_header(out, name.as_str().as_bytes(), value.as_bytes());
-    }
+/// Headers the server writes itself, never copied from an answer.
+fn is_framing_header(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"content-length")
+        || name.eq_ignore_ascii_case(b"transfer-encoding")
+        || name.eq_ignore_ascii_case(b"connection")
+        || name.eq_ignore_ascii_case(b"keep-alive")
+}
+
+/// Ends a head: framing, `Date`, `Connection`, blank line. Returns whether
+/// the connection may be kept.
+fn finish_head(out: &mut Vec<u8>, framing: Out, m: Message, has_date: bool, tunnel: bool) -> bool {
+    let keep_alive = m.keep_alive && framing != Out::Close;
     if !has_date {
         push_header(out, b"date", date().as_bytes());
     }
@@ -425,81 +428,167 @@ async fn write_response(
             let mut digits = itoa::Buffer::new();
             push_header(out, b"content-length", digits.format(n).as_bytes());
         }
-        Out::Chunked if !head_only => push_header(out, b"transfer-encoding", b"chunked"),
+        Out::Chunked if !m.head_only => push_header(out, b"transfer-encoding", b"chunked"),
         _ => {}
     }
     if !tunnel {
         if !keep_alive {
             out.extend_from_slice(b"connection: close\r\n");
-        } else if http10 {
+        } else if m.http10 {
             out.extend_from_slice(b"connection: keep-alive\r\n");
         }
     }
     out.extend_from_slice(b"\r\n");
+    keep_alive
+}
 
-    if head_only || framing == Out::None {
-        wr.write_all(out).await?;
-        return Ok(keep_alive);
-    }
-
-    // The whole body at hand: one write.
-    let body = match body.try_into_bytes() {
-        Ok(bytes) => {
-            out.extend_from_slice(&bytes);
-            wr.write_all(out).await?;
-            return Ok(keep_alive);
+/// Writes an answer; whether the connection may serve another request.
+async fn write_reply(
+    wr: &mut OwnedWriteHalf,
+    out: &mut Vec<u8>,
+    reply: Reply,
+    m: Message,
+) -> std::io::Result<bool> {
+    out.clear();
+    match reply {
+        Reply::Upstream(u) => {
+            let status = u.answer.status;
+            let framing = out_framing(status, u.answer.length, m.http10);
+            status_line(out, status);
+            let mut has_date = false;
+            headers::client_response_fields(u.answer.fields(), |name, value| {
+                let replaced = u
+                    .extra
+                    .contains_key(std::str::from_utf8(name).unwrap_or(""))
+                    && name != b"set-cookie"
+                    && name != b"vary";
+                if !is_framing_header(name) && !replaced {
+                    has_date |= name == b"date";
+                    push_header(out, name, value);
+                }
+            });
+            for (name, value) in &u.extra {
+                push_header(out, name.as_str().as_bytes(), value.as_bytes());
+            }
+            let keep_alive = finish_head(out, framing, m, has_date, false);
+            let mut body = u.answer.body;
+            if m.head_only || framing == Out::None {
+                // The (empty) body's end returns the upstream connection
+                // to the pool.
+                let _ =
+                    futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(&mut body));
+                wr.write_all(out).await?;
+                return Ok(keep_alive);
+            }
+            let body_ok = write_body(wr, out, body, framing, Some(u.idle)).await?;
+            Ok(keep_alive && body_ok)
         }
-        Err(body) => body,
-    };
+        Reply::Response(resp) => {
+            let (resp, body) = resp.into_parts();
+            let status = resp.status();
+            let tunnel = status == StatusCode::SWITCHING_PROTOCOLS;
+            let length = match body.size() {
+                BodySize::None => Some(0),
+                BodySize::Sized(n) => Some(n),
+                // A streamed answer with the upstream's length keeps it.
+                BodySize::Stream => declared_length(resp.headers()),
+            };
+            let framing = out_framing(status, length, m.http10);
+            status_line(out, status);
+            let mut has_date = false;
+            for (name, value) in resp.headers() {
+                if !tunnel && is_framing_header(name.as_str().as_bytes()) {
+                    continue;
+                }
+                has_date |= name == header::DATE;
+                push_header(out, name.as_str().as_bytes(), value.as_bytes());
+            }
+            let keep_alive = finish_head(out, framing, m, has_date, tunnel);
+            if m.head_only || framing == Out::None {
+                wr.write_all(out).await?;
+                return Ok(keep_alive);
+            }
+            // The whole body at hand: one write.
+            let mut body = match body.try_into_bytes() {
+                Ok(bytes) => {
+                    out.extend_from_slice(&bytes);
+                    wr.write_all(out).await?;
+                    return Ok(keep_alive && bytes.len() as u64 == length.unwrap_or(0));
+                }
+                Err(body) => body,
+            };
+            let stream = futures_util::stream::poll_fn(move |cx| {
+                std::pin::Pin::new(&mut body).poll_next(cx)
+            });
+            let body_ok = write_body(wr, out, stream, framing, None).await?;
+            Ok(keep_alive && body_ok)
+        }
+    }
+}
 
-    // A stream: the head goes with the first piece when that is already
-    // there, else at once (the client sees the head of a slow answer).
+/// Writes a body after the head in `out`: the head goes with the first
+/// piece when that is already there, else at once (the client sees the
+/// head of a slow answer). `idle` bounds the wait for each piece. Whether
+/// the body ended as announced.
+async fn write_body<S, E>(
+    wr: &mut OwnedWriteHalf,
+    out: &mut Vec<u8>,
+    body: S,
+    framing: Out,
+    idle: Option<Duration>,
+) -> std::io::Result<bool>
+where
+    S: futures_util::Stream<Item = Result<Bytes, E>>,
+    E: std::fmt::Display,
+{
+    use futures_util::{FutureExt, StreamExt};
     let mut body = std::pin::pin!(body);
     let mut written = 0u64;
-    let mut pending_head = true;
     loop {
-        let next = std::future::poll_fn(|cx| body.as_mut().poll_next(cx));
-        let chunk = if pending_head {
-            match futures_util::FutureExt::now_or_never(next) {
-                Some(c) => c,
-                None => {
+        let chunk = match body.next().now_or_never() {
+            Some(c) => c,
+            None => {
+                if !out.is_empty() {
                     wr.write_all(out).await?;
                     out.clear();
-                    pending_head = false;
-                    std::future::poll_fn(|cx| body.as_mut().poll_next(cx)).await
+                }
+                match idle {
+                    Some(idle) => match tokio::time::timeout(idle, body.next()).await {
+                        Ok(c) => c,
+                        Err(_) => {
+                            tracing::warn!("upstream answer stalled; closing the connection");
+                            return Ok(false);
+                        }
+                    },
+                    None => body.next().await,
                 }
             }
-        } else {
-            next.await
         };
-        let chunk: Option<Bytes> = match chunk {
-            Some(Ok(c)) => Some(c),
+        let chunk = match chunk {
+            Some(Ok(c)) => c,
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "answer body ended early");
-                if pending_head {
+                if !out.is_empty() {
                     wr.write_all(out).await?;
                 }
                 return Ok(false);
             }
-            None => None,
-        };
-        let Some(chunk) = chunk else {
-            if framing == Out::Chunked {
-                out.extend_from_slice(b"0\r\n\r\n");
-            }
-            if !out.is_empty() {
-                wr.write_all(out).await?;
-                out.clear();
-            }
-            if let Out::Length(n) = framing {
-                if written != n {
-                    return Ok(false);
+            None => {
+                if framing == Out::Chunked {
+                    out.extend_from_slice(b"0\r\n\r\n");
                 }
+                if !out.is_empty() {
+                    wr.write_all(out).await?;
+                    out.clear();
+                }
+                if framing == Out::Close {
+                    let _ = wr.shutdown().await;
+                }
+                return Ok(match framing {
+                    Out::Length(n) => written == n,
+                    _ => true,
+                });
             }
-            if framing == Out::Close {
-                let _ = wr.shutdown().await;
-            }
-            return Ok(keep_alive);
         };
         if chunk.is_empty() {
             continue;
@@ -527,7 +616,6 @@ async fn write_response(
         }
         wr.write_all(out).await?;
         out.clear();
-        pending_head = false;
     }
 }
 

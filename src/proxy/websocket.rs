@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
 use futures_util::StreamExt;
@@ -23,19 +23,16 @@ const MAX_HEAD: usize = 16 * 1024;
 
 /// Whether the client asks for a WebSocket upgrade.
 pub fn is_upgrade(req: &Request) -> bool {
-    req.headers()
-        .get("upgrade")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+    req.header("upgrade")
+        .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"websocket"))
 }
 
-/// Opens the tunnel to `authority` (plain HTTP only).
+/// Opens the tunnel to `authority` (plain HTTP only) with the upgrade
+/// request `head`.
 pub async fn tunnel(
-    req: &Request,
     payload: Payload,
-    headers: &HeaderMap,
+    head: Vec<u8>,
     authority: &str,
-    target: &str,
     connect_timeout: Duration,
     read_timeout: Duration,
 ) -> Result<HttpResponse, ProxyError> {
@@ -44,12 +41,6 @@ pub async fn tunnel(
         .await
         .map_err(|_| ProxyError::UpstreamTimedOut)?
         .map_err(|_| ProxyError::UpstreamUnreachable)?;
-    let head = super::h1::request_head(
-        req.method(),
-        target,
-        headers,
-        b"connection: upgrade\r\nupgrade: websocket\r\n",
-    );
     upstream
         .write_all(&head)
         .await
