@@ -28,11 +28,14 @@ pub enum AuthError {
 }
 
 /// A token's verified claims (or introspection answer), shared by every
-/// request that carries the token while it is cached.
+/// request that carries the token while it is cached. One identity
+/// belongs to exactly one token.
 pub struct Identity {
     claims: serde_json::Map<String, serde_json::Value>,
     /// `X-Userinfo`, encoded once on first use instead of per request.
     userinfo: std::sync::OnceLock<Option<actix_web::http::header::HeaderValue>>,
+    /// The token itself as a header value (`X-Access-Token`), made once.
+    token: std::sync::OnceLock<Option<actix_web::http::header::HeaderValue>>,
 }
 
 impl Identity {
@@ -40,7 +43,15 @@ impl Identity {
         std::sync::Arc::new(Identity {
             claims,
             userinfo: std::sync::OnceLock::new(),
+            token: std::sync::OnceLock::new(),
         })
+    }
+
+    /// `token` (the one this identity belongs to) as a header value.
+    pub fn token_header(&self, token: &str) -> Option<&actix_web::http::header::HeaderValue> {
+        self.token
+            .get_or_init(|| actix_web::http::header::HeaderValue::from_str(token).ok())
+            .as_ref()
     }
 
     /// Base64 of the claims as JSON, for `X-Userinfo`.

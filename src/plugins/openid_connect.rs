@@ -522,8 +522,8 @@ impl OpenIdConnect {
         if self.conf.set_access_token_header {
             if self.conf.access_token_in_authorization_header {
                 set(h, header::AUTHORIZATION, &format!("Bearer {token}"));
-            } else {
-                set(h, HeaderName::from_static("x-access-token"), token);
+            } else if let Some(v) = claims.token_header(token) {
+                h.insert(HeaderName::from_static("x-access-token"), v.clone());
             }
         }
         if self.conf.set_userinfo_header {
@@ -716,9 +716,8 @@ fn set(h: &mut header::HeaderMap, name: HeaderName, value: &str) {
 /// Whether the request carries `Authorization: Bearer …` (any case); such
 /// requests take the bearer path even on browser routes.
 fn has_bearer(req: &crate::proxy::Request) -> bool {
-    req.headers()
-        .get_all(header::AUTHORIZATION)
-        .any(|v| v.as_bytes().len() >= 6 && v.as_bytes()[..6].eq_ignore_ascii_case(b"bearer"))
+    req.header_all("authorization")
+        .any(|v| v.len() >= 6 && v[..6].eq_ignore_ascii_case(b"bearer"))
 }
 
 /// The one bearer token of a request (attack kind K12): scheme compared
@@ -726,16 +725,19 @@ fn has_bearer(req: &crate::proxy::Request) -> bool {
 /// counts as no token, several `Authorization` headers or a token in both
 /// header and query are refused, and query tokens are not accepted.
 fn bearer_token(req: &crate::proxy::Request) -> Result<Option<&str>, Refusal> {
-    let mut values = req.headers().get_all(header::AUTHORIZATION);
+    let mut values = req.header_all("authorization");
     let Some(value) = values.next() else {
         return Ok(None);
     };
     if values.next().is_some() {
         return Err(Refusal::Malformed("more than one Authorization header"));
     }
-    let value = value
-        .to_str()
-        .map_err(|_| Refusal::Malformed("Invalid Authorization header format."))?
+    // Header values are checked by the parser to be visible characters,
+    // spaces, tabs or obs-text; only ASCII is accepted here.
+    let value = std::str::from_utf8(value)
+        .ok()
+        .filter(|v| v.is_ascii())
+        .ok_or(Refusal::Malformed("Invalid Authorization header format."))?
         .trim();
     let Some((scheme, token)) = value.split_once(' ') else {
         return Err(Refusal::Malformed("Invalid Authorization header format."));

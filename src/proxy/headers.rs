@@ -113,7 +113,8 @@ pub struct Forwarding<'a> {
 /// in lower case):
 ///
 /// - the client's, without hop-by-hop headers and those it nominated in
-///   `Connection`, without `Host`, names with `_` (CGI-style backends read
+///   `Connection`, without `Host`, without `Expect` (the gateway answers
+///   `100-continue` itself), names with `_` (CGI-style backends read
 ///   `X_Userinfo` as `X-Userinfo`), the gateway-owned identity headers,
 ///   the gateway's own cookies, anything a plugin set in `overlay`, and
 ///   forwarding headers unless the peer is trusted;
@@ -140,6 +141,7 @@ pub fn upstream_request_fields<'a, I>(
         let n = lower.as_str();
         if !is_end_to_end(n, &nominated)
             || n == "host"
+            || n == "expect"
             || n.contains('_')
             || IDENTITY_HEADERS.contains(&n)
             || overlay.contains_key(n)

@@ -67,6 +67,13 @@ impl Request {
             .map(|(_, v)| v)
     }
 
+    /// Every value of a header, by case-insensitive name.
+    pub fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+        self.fields()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
     /// The headers as a map (built on first use).
     pub fn headers(&self) -> &HeaderMap {
         self.map.get_or_init(|| {
@@ -262,6 +269,15 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, HeadError> {
         }
         fields.push((span(buf, name), span(buf, h.value)));
     }
+    // HTTP/1.1 requires exactly one Host (RFC 9112 §3.2); an absolute-form
+    // target carries its own authority.
+    let hosts = fields
+        .iter()
+        .filter(|(n, _): &&(Span, Span)| buf[n.clone()].eq_ignore_ascii_case(b"host"))
+        .count();
+    if hosts > 1 || (hosts == 0 && !http10 && authority.is_none()) {
+        return Err(HeadError::Bad("exactly one Host header is required"));
+    }
     let framing = match (chunked, length) {
         (true, Some(_)) => return Err(HeadError::Bad("both Content-Length and Transfer-Encoding")),
         (true, None) if http10 => return Err(HeadError::Bad("Transfer-Encoding in HTTP/1.0")),
@@ -293,6 +309,15 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 
 /// The path's span and, for the absolute form, the authority's.
 fn split_target(target: &str) -> Option<(Span, Option<Span>)> {
+    // Printable ASCII only, and none of the characters RFC 3986 never
+    // allows unencoded: a `#fragment` in particular must not reach
+    // routing, where `/secret#x` would miss the exact route `/secret`.
+    if !target
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !matches!(b, b'#' | b'<' | b'>' | b'`' | b'"'))
+    {
+        return None;
+    }
     let path_end = |from: usize| from + target[from..].find('?').unwrap_or(target.len() - from);
     if target.starts_with('/') {
         return Some((0..path_end(0), None));
@@ -436,7 +461,19 @@ mod tests {
         expect_continue: bool,
     }
 
+    /// Parses `s`, with a Host line added to HTTP/1.1 origin-form heads
+    /// that have none.
     fn head(s: &str) -> Result<Option<Head>, HeadError> {
+        let s = if s.contains("HTTP/1.1\r\n") && (s.starts_with("GET /") || s.starts_with("POST /"))
+        {
+            if s.to_ascii_lowercase().contains("\r\nhost:") {
+                s.to_owned()
+            } else {
+                s.replacen("HTTP/1.1\r\n", "HTTP/1.1\r\nHost: h\r\n", 1)
+            }
+        } else {
+            s.to_owned()
+        };
         let bytes = Bytes::copy_from_slice(s.as_bytes());
         Ok(parse_head(&bytes)?.map(|p| Head {
             framing: p.framing,
@@ -522,6 +559,17 @@ mod tests {
         assert!(!ka("GET / HTTP/1.1\r\nConnection: Upgrade, Close\r\n\r\n"));
         assert!(!ka("GET / HTTP/1.0\r\n\r\n"));
         assert!(ka("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn host_is_required_once_in_http11() {
+        let bad = |s: &str| parse_head(s.as_bytes()).err();
+        assert!(bad("GET / HTTP/1.1\r\n\r\n").is_some());
+        assert!(bad("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").is_some());
+        assert!(bad("GET / HTTP/1.0\r\n\r\n").is_none());
+        assert!(bad("GET http://a/ HTTP/1.1\r\n\r\n").is_none());
+        assert!(bad("GET /#x HTTP/1.1\r\nHost: a\r\n\r\n").is_some());
+        assert!(bad("GET /<x> HTTP/1.1\r\nHost: a\r\n\r\n").is_some());
     }
 
     #[test]

@@ -201,6 +201,8 @@ async fn connection(stream: TcpStream, peer: SocketAddr, w: &Worker) {
     // insertion and removal each time).
     let mut last_active = Instant::now();
     let mut head_deadline: Option<Instant> = None;
+    // Bytes of the buffered head already looked at.
+    let mut scanned = 0;
     let timer = tokio::time::sleep_until(last_active + w.settings.keep_alive);
     tokio::pin!(timer);
     loop {
@@ -208,11 +210,24 @@ async fn connection(stream: TcpStream, peer: SocketAddr, w: &Worker) {
         // head by HEAD_TIMEOUT, and a stopping server closes idle
         // connections.
         let parsed = loop {
+            // Parse again only when a line ended since the last try: a
+            // head sent a byte at a time is not re-parsed for every byte.
             let result = {
                 let r = reader.borrow();
-                parse_head(&r.buf)
+                let fresh = &r.buf[scanned.min(r.buf.len())..];
+                let worth = scanned == 0 || fresh.contains(&b'\n');
+                scanned = r.buf.len();
+                if worth {
+                    parse_head(&r.buf)
+                } else {
+                    Ok(None)
+                }
             };
             match result {
+                Ok(Some(p)) if p.len > MAX_HEAD => {
+                    let _ = refuse(&mut wr, &HeadError::TooLarge).await;
+                    return;
+                }
                 Ok(Some(p)) => break p,
                 Ok(None) => {}
                 Err(e) => {
@@ -261,6 +276,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, w: &Worker) {
                 _ = &mut stop, if empty => return,
             }
         };
+        scanned = 0;
         let head = {
             let mut r = reader.borrow_mut();
             r.framing = parsed.framing;

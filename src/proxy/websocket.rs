@@ -105,7 +105,7 @@ pub async fn tunnel(
     // the client sends belongs to the tunnel.
     let mut payload = payload.into_tunnel();
     let (from_upstream, mut to_upstream) = upstream.into_split();
-    tokio::task::spawn_local(async move {
+    let client_to_upstream = tokio::task::spawn_local(async move {
         while let Some(Ok(chunk)) = payload.next().await {
             if to_upstream.write_all(&chunk).await.is_err() {
                 break;
@@ -113,7 +113,23 @@ pub async fn tunnel(
         }
         let _ = to_upstream.shutdown().await;
     });
+    // When the upstream's side ends (or the client's connection is
+    // dropped), the other direction stops too: its task holds the client
+    // socket and the upstream connection.
+    let stop_other = AbortOnDrop(client_to_upstream.abort_handle());
     let stream = futures_util::stream::iter((!early.is_empty()).then_some(Ok(early)))
-        .chain(tokio_util::io::ReaderStream::new(from_upstream));
+        .chain(tokio_util::io::ReaderStream::new(from_upstream))
+        .map(move |chunk| {
+            let _ = &stop_other;
+            chunk
+        });
     Ok(resp.streaming(stream))
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -7,6 +7,7 @@ mod cors;
 mod hardening;
 mod logout;
 mod proxy;
+mod server;
 mod support;
 mod support_selftest;
 mod websocket;
