@@ -44,8 +44,3 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// mimalloc instead of glibc's allocator: the proxy allocates and frees
-/// small buffers and header maps on every request, and glibc spent about
-/// 9 % of the gateway's CPU in `malloc`/`free`/`malloc_consolidate`.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
