@@ -16,6 +16,7 @@ use moka::Expiry;
 use serde_json::Value;
 
 use super::client::{post_form, ClientCredentials};
+use super::recent::RecentTokens;
 use super::AuthError;
 
 /// Most cached introspection replies kept per plugin configuration.
@@ -26,6 +27,8 @@ pub const CACHE_CAPACITY: u64 = 100_000;
 pub struct Active {
     pub reply: Arc<super::Identity>,
     ttl: Duration,
+    /// When the reply stops being trusted (now + ttl at the call).
+    until: std::time::Instant,
 }
 
 struct ByTtl;
@@ -49,6 +52,8 @@ pub struct Introspector {
     timeout: Duration,
     /// Active replies by token hash; filled only by `introspect`.
     cache: Cache<[u8; 32], Active>,
+    /// Recently used tokens in front of `cache`, with the same expiry.
+    recent: RecentTokens<Active>,
 }
 
 impl Introspector {
@@ -67,6 +72,7 @@ impl Introspector {
                 .max_capacity(CACHE_CAPACITY)
                 .expire_after(ByTtl)
                 .build(),
+            recent: RecentTokens::default(),
         }
     }
 
@@ -77,11 +83,17 @@ impl Introspector {
         endpoint: &str,
         token: &str,
     ) -> Result<Active, AuthError> {
+        if let Some(active) = self.recent.get(token) {
+            return Ok(active);
+        }
         let key = super::token_hash(token);
-        self.cache
+        let active = self
+            .cache
             .try_get_with(key, self.call(client, endpoint, token))
             .await
-            .map_err(|e| (*e).clone())
+            .map_err(|e| (*e).clone())?;
+        self.recent.put(token, active.clone(), active.until);
+        Ok(active)
     }
 
     async fn call(
@@ -129,9 +141,11 @@ impl Introspector {
             (Some(e), 0) => e,
             (Some(e), cap) => e.min(cap),
         };
+        let ttl = Duration::from_secs(secs);
         Ok(Active {
             reply: super::Identity::new(reply),
-            ttl: Duration::from_secs(secs),
+            ttl,
+            until: std::time::Instant::now() + ttl,
         })
     }
 }

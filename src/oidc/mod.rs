@@ -7,6 +7,7 @@ pub mod code_flow;
 pub mod introspection;
 pub mod jwt;
 pub mod provider;
+pub mod recent;
 pub mod session;
 pub mod verified;
 

@@ -7,11 +7,7 @@
 //! verified afresh, so a removed key stops working as soon as the key set
 //! is refreshed. Time claims are re-checked on every hit.
 //!
-//! In front of it, a small direct-mapped table of recent tokens, found by
-//! a cheap keyed hash and compared in full: the token a client sends again
-//! and again costs a short comparison instead of a SHA-256 and a lookup in
-//! the large cache. A slot holds one token, so colliding tokens only
-//! displace each other.
+//! In front of it, a small table of recent tokens (`recent.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +16,7 @@ use moka::future::Cache;
 use moka::Expiry;
 
 use super::jwt::now_secs;
+use super::recent::RecentTokens;
 use super::Identity;
 
 /// Most verified tokens remembered per plugin configuration.
@@ -48,16 +45,9 @@ impl Expiry<[u8; 32], Verified> for UntilExp {
     }
 }
 
-/// Slots of the table of recent tokens.
-const RECENT: usize = 256;
-
-type Slot = std::sync::Mutex<Option<(Box<str>, Verified)>>;
-
 pub struct VerifiedCache {
     cache: Cache<[u8; 32], Verified>,
-    recent: Box<[Slot]>,
-    /// Key of the slot hash, random per process.
-    seed: u64,
+    recent: RecentTokens<Verified>,
 }
 
 impl Default for VerifiedCache {
@@ -67,8 +57,7 @@ impl Default for VerifiedCache {
                 .max_capacity(CAPACITY)
                 .expire_after(UntilExp)
                 .build(),
-            recent: (0..RECENT).map(|_| Slot::default()).collect(),
-            seed: rand::random::<u64>() | 1,
+            recent: RecentTokens::default(),
         }
     }
 }
@@ -78,33 +67,16 @@ impl VerifiedCache {
     /// and has not expired (`leeway` seconds allowed, as at verification).
     pub async fn get(&self, token: &str, generation: u64, leeway: u64) -> Option<Arc<Identity>> {
         let usable = |v: &Verified| v.generation == generation && now_secs() < v.exp + leeway;
-        let slot = &self.recent[self.slot(token)];
-        if let Some((t, v)) = &*slot.lock().unwrap_or_else(|e| e.into_inner()) {
-            if **t == *token {
-                return usable(v).then(|| v.claims.clone());
-            }
+        if let Some(v) = self.recent.get(token) {
+            return usable(&v).then_some(v.claims);
         }
         let hit = self.cache.get(&super::token_hash(token)).await?;
         if !usable(&hit) {
             return None;
         }
         let claims = hit.claims.clone();
-        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((token.into(), hit));
+        self.recent.put(token, hit, far_future());
         Some(claims)
-    }
-
-    /// The recent-token slot of `token`: a keyed multiply-rotate hash over
-    /// its 8-byte words.
-    fn slot(&self, token: &str) -> usize {
-        let mut h = self.seed;
-        for chunk in token.as_bytes().chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            h = (h ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                .rotate_left(29);
-        }
-        (h >> 40) as usize % RECENT
     }
 
     /// Remembers a verified token.
@@ -117,9 +89,14 @@ impl VerifiedCache {
             exp,
             generation,
         };
-        *self.recent[self.slot(token)]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some((token.into(), entry.clone()));
+        // Expiry is checked on every hit against `exp` and the generation.
+        self.recent.put(token, entry.clone(), far_future());
         self.cache.insert(super::token_hash(token), entry).await;
     }
+}
+
+/// A moment that never comes: entries of the recent table are checked
+/// against `exp` and the key-set generation on every hit instead.
+fn far_future() -> std::time::Instant {
+    std::time::Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }

@@ -144,7 +144,7 @@ pub fn upstream_request_fields<'a, I>(
             || n == "expect"
             || n.contains('_')
             || IDENTITY_HEADERS.contains(&n)
-            || overlay.contains_key(n)
+            || (!overlay.is_empty() && overlay.contains_key(n))
         {
             continue;
         }

@@ -500,6 +500,7 @@ pub struct Clients {
     by_connect: std::cell::RefCell<std::collections::HashMap<u128, awc::Client>>,
     /// Keep-alive connections of the lean client (plain http, no body).
     h1: std::rc::Rc<h1::Pool>,
+    default: std::cell::OnceCell<awc::Client>,
 }
 
 impl Default for Clients {
@@ -513,12 +514,15 @@ impl Clients {
         Clients {
             by_connect: Default::default(),
             h1: Default::default(),
+            default: Default::default(),
         }
     }
 
     /// The client for plugins' calls to identity providers.
     pub fn default_client(&self) -> awc::Client {
-        self.for_connect_timeout(balancer::DEFAULT_TIMEOUT)
+        self.default
+            .get_or_init(|| self.for_connect_timeout(balancer::DEFAULT_TIMEOUT))
+            .clone()
     }
 
     pub fn for_connect_timeout(&self, connect: Duration) -> awc::Client {

@@ -1,0 +1,98 @@
+//! A small table of recently seen tokens in front of the large token
+//! caches: a client sends the same token again and again, and finding it
+//! here costs a cheap keyed hash and a comparison of the token, instead of
+//! a SHA-256 and a lookup in the bounded cache.
+//!
+//! The table is direct-mapped: a slot holds one token, compared in full,
+//! so a token that hashes to an occupied slot only displaces it — there
+//! are no chains an attacker could lengthen. Only what the large cache
+//! would answer is put here, with the same expiry.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Slots per table.
+const SLOTS: usize = 256;
+
+type Slot<V> = Mutex<Option<(Box<str>, V, Instant)>>;
+
+pub struct RecentTokens<V> {
+    slots: Box<[Slot<V>]>,
+    /// Key of the slot hash, random per table.
+    seed: u64,
+}
+
+impl<V: Clone> Default for RecentTokens<V> {
+    fn default() -> Self {
+        RecentTokens {
+            slots: (0..SLOTS).map(|_| Mutex::new(None)).collect(),
+            seed: rand::random::<u64>() | 1,
+        }
+    }
+}
+
+impl<V: Clone> RecentTokens<V> {
+    /// The value remembered for exactly `token`, until its expiry.
+    pub fn get(&self, token: &str) -> Option<V> {
+        let slot = self.slots[self.slot(token)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match &*slot {
+            Some((t, v, until)) if **t == *token && Instant::now() < *until => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    /// Remembers `value` for `token` until `until`.
+    pub fn put(&self, token: &str, value: V, until: Instant) {
+        *self.slots[self.slot(token)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((token.into(), value, until));
+    }
+
+    /// A keyed multiply-rotate hash over the token's 8-byte words.
+    fn slot(&self, token: &str) -> usize {
+        let mut h = self.seed;
+        for chunk in token.as_bytes().chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            h = (h ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .rotate_left(29);
+        }
+        (h >> 40) as usize % SLOTS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn only_the_exact_token_and_only_until_expiry() {
+        let t: RecentTokens<u32> = RecentTokens::default();
+        let later = Instant::now() + Duration::from_secs(60);
+        t.put("aaaa.bbbb.cccc", 1, later);
+        assert_eq!(t.get("aaaa.bbbb.cccc"), Some(1));
+        assert_eq!(t.get("aaaa.bbbb.cccd"), None);
+        assert_eq!(t.get("aaaa.bbbb.ccc"), None);
+        t.put("gone", 2, Instant::now());
+        assert_eq!(t.get("gone"), None);
+    }
+
+    #[test]
+    fn colliding_tokens_displace_each_other() {
+        let t: RecentTokens<usize> = RecentTokens::default();
+        let later = Instant::now() + Duration::from_secs(60);
+        // More tokens than slots: every lookup is either right or a miss.
+        for i in 0..4 * SLOTS {
+            t.put(&format!("token-{i}"), i, later);
+        }
+        for i in 0..4 * SLOTS {
+            if let Some(v) = t.get(&format!("token-{i}")) {
+                assert_eq!(v, i);
+            }
+        }
+    }
+}
