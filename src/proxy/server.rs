@@ -41,6 +41,9 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// answer that did not need the body (a refusal, say).
 const DRAIN_LIMIT: u64 = 1024 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a closing connection still reads and drops what the client sends.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_LIMIT: usize = 1024 * 1024;
 /// Pieces of a streamed body smaller than this are copied into one write
 /// with their framing; larger ones are written as they are.
 const COPY_LIMIT: usize = 16 * 1024;
@@ -295,14 +298,24 @@ async fn connection(stream: TcpStream, peer: SocketAddr, w: &Worker) {
         let payload = Payload::new(reader.clone());
         let reply = super::handle(&req, payload, &w.state, &w.clients).await;
         let stopping = *w.stopped.borrow();
+        // An unread body longer than the drain allows will close the
+        // connection: say so in the answer.
+        let too_much_unread = matches!(
+            reader.borrow().framing,
+            super::framing::Framing::Length(left) if left > DRAIN_LIMIT
+        );
         let message = Message {
             head_only: req.method() == actix_web::http::Method::HEAD,
             http10: req.is_http10(),
-            keep_alive: keep_alive && !stopping,
+            keep_alive: keep_alive && !stopping && !too_much_unread,
         };
         match write_reply(&mut wr, &mut out, reply, message).await {
             Ok(true) => {}
-            Ok(false) | Err(_) => return,
+            Ok(false) => {
+                linger(&reader, &mut wr).await;
+                return;
+            }
+            Err(_) => return,
         }
         last_active = Instant::now();
         head_deadline = None;
@@ -313,9 +326,37 @@ async fn connection(stream: TcpStream, peer: SocketAddr, w: &Worker) {
             r.failed || !r.framing.is_done()
         };
         if unread && !drain(&reader).await {
+            linger(&reader, &mut wr).await;
             return;
         }
     }
+}
+
+/// Closes our side and reads what the client still sends for a moment,
+/// so that unread bytes do not make the kernel reset the connection and
+/// take the answer just written with it (nginx's lingering close).
+async fn linger(reader: &Rc<RefCell<ConnReader>>, wr: &mut OwnedWriteHalf) {
+    let _ = wr.shutdown().await;
+    // A tunnel's client side belongs to the tunnel; nothing to wait for.
+    if reader.borrow().framing == super::framing::Framing::UntilClose {
+        return;
+    }
+    let discard = async {
+        let mut dropped = 0;
+        while dropped < LINGER_LIMIT {
+            let more = std::future::poll_fn(|cx| {
+                let mut r = reader.borrow_mut();
+                dropped += r.buf.len();
+                r.buf.clear();
+                r.poll_fill(cx)
+            })
+            .await;
+            if !matches!(more, Ok(true)) {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, discard).await;
 }
 
 /// Reads and drops the rest of the current body; whether it ended cleanly.
