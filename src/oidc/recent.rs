@@ -50,10 +50,16 @@ impl<V: Clone> RecentTokens<V> {
             .unwrap_or_else(|e| e.into_inner()) = Some((token.into(), value, until));
     }
 
-    /// A keyed multiply-rotate hash over the token's 8-byte words.
+    /// A keyed multiply-rotate hash of the token's length and its last 32
+    /// bytes (a JWT's signature, an opaque token's random tail): enough to
+    /// spread tokens over the slots, and cheap for long tokens. Tokens
+    /// that share their tail only share a slot; the full comparison keeps
+    /// lookups exact.
     fn slot(&self, token: &str) -> usize {
-        let mut h = self.seed;
-        for chunk in token.as_bytes().chunks(8) {
+        let bytes = token.as_bytes();
+        let tail = &bytes[bytes.len().saturating_sub(32)..];
+        let mut h = self.seed ^ bytes.len() as u64;
+        for chunk in tail.chunks(8) {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
             h = (h ^ u64::from_le_bytes(word))
@@ -77,6 +83,12 @@ mod tests {
         assert_eq!(t.get("aaaa.bbbb.cccc"), Some(1));
         assert_eq!(t.get("aaaa.bbbb.cccd"), None);
         assert_eq!(t.get("aaaa.bbbb.ccc"), None);
+        // Same tail and length, different token: never confused.
+        t.put("xaaa.bbbb.cccc", 3, later);
+        if let Some(v) = t.get("aaaa.bbbb.cccc") {
+            assert_eq!(v, 1);
+        }
+        assert_eq!(t.get("xaaa.bbbb.cccc"), Some(3));
         t.put("gone", 2, Instant::now());
         assert_eq!(t.get("gone"), None);
     }
