@@ -100,6 +100,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             workers: config.workers,
             keep_alive: CLIENT_KEEP_ALIVE,
             grace: SHUTDOWN_GRACE,
+            max_connections: connection_budget(config.workers),
         },
     )
     .map_err(listen_err)?;
@@ -141,6 +142,31 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     a.map_err(StartError::Serve)?;
     store_flush(&store).await;
     Ok(())
+}
+
+/// Client connections each proxy worker may hold: at most 10 000 per
+/// worker, and within the process's descriptor limit with room for an
+/// upstream connection per client connection and 512 descriptors left for
+/// the Admin API, the store and the identity providers.
+fn connection_budget(workers: usize) -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|line| line.starts_with("Max open files"))
+                .and_then(|line| line.split_whitespace().nth(3))
+                .and_then(|v| v.parse::<usize>().ok())
+        })
+        .unwrap_or(1024);
+    let budget = soft.saturating_sub(512) / 2 / workers.max(1);
+    if budget < 1000 {
+        tracing::warn!(
+            open_files = soft,
+            connections_per_worker = budget.max(16),
+            "low descriptor limit; raise it (ulimit -n, LimitNOFILE=) to serve more connections"
+        );
+    }
+    budget.clamp(16, 10_000)
 }
 
 /// The proxy's listening socket, with a backlog for bursts of new

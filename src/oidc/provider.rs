@@ -216,10 +216,17 @@ impl Provider {
         };
         match fetched {
             Ok(set) => {
+                // A new generation only when the keys changed: a refetch for
+                // an unknown kid must not void every verified token.
+                let generation = match &current {
+                    Some(k) if k.set == set => k.generation,
+                    Some(k) => k.generation + 1,
+                    None => 1,
+                };
                 let keys = Arc::new(Keys {
                     set,
                     fetched: Instant::now(),
-                    generation: current.as_ref().map_or(1, |k| k.generation + 1),
+                    generation,
                 });
                 *write(&self.keys) = Some(keys.clone());
                 *write(&self.jwks_failure) = None;

@@ -53,7 +53,14 @@ impl Pool {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(node)?;
         while let Some((conn, since)) = list.pop() {
-            if since.elapsed() < IDLE_MAX_AGE {
+            // Anything readable on an idle connection — bytes nobody asked
+            // for (a body after a HEAD answer, say) or the upstream closing
+            // — means it cannot carry another exchange: those bytes would
+            // be read as the next client's answer.
+            let readable =
+                futures_util::FutureExt::now_or_never(conn.ready(tokio::io::Interest::READABLE))
+                    .is_some();
+            if since.elapsed() < IDLE_MAX_AGE && !readable {
                 return Some(conn);
             }
         }

@@ -25,7 +25,13 @@ const HOP_BY_HOP: &[&str] = &[
 /// saw it. From an untrusted peer they are dropped whatever their name's
 /// suffix: `X-Forwarded-*` as a family (`-Prefix`, `-Uri`, `-Port`, …),
 /// not only the ones the gateway sets.
-const FORWARDING: &[&str] = &["x-real-ip", "forwarded", "x-original-uri", "x-original-url"];
+const FORWARDING: &[&str] = &[
+    "x-real-ip",
+    "forwarded",
+    "x-original-uri",
+    "x-original-url",
+    "x-rewrite-url",
+];
 
 fn is_forwarding(name: &str) -> bool {
     name.starts_with("x-forwarded-") || FORWARDING.contains(&name)
@@ -268,9 +274,13 @@ pub fn normalize_host(raw: &str) -> Option<String> {
     let name = if name.starts_with('[') {
         name.to_owned()
     } else {
+        // One trailing dot (the root) is dropped; an empty label anywhere
+        // else (`a..b`, `.a`, `a..`) is refused, so the name matched is
+        // the name every backend sees.
         let trimmed = name.strip_suffix('.').unwrap_or(name);
         if trimmed.is_empty()
             || trimmed.len() > 253
+            || trimmed.split('.').any(str::is_empty)
             || !trimmed
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
@@ -409,6 +419,10 @@ mod tests {
             "[zz]:1",
             "[::1]x",
             "a:1:2",
+            "admin.example..",
+            "admin.example...:80",
+            ".admin.example",
+            "admin..example",
         ] {
             assert_eq!(normalize_host(bad), None, "{bad}");
         }

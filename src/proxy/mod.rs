@@ -45,6 +45,8 @@ pub enum ProxyError {
     BadHost,
     #[error("request header fields too large")]
     HeadersTooLarge,
+    #[error("malformed request body")]
+    BadBody,
     #[error("404 Route Not Found")]
     RouteNotFound,
     #[error("the route's service {0} does not exist")]
@@ -68,7 +70,9 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadPath(_) | ProxyError::BadHost => StatusCode::BAD_REQUEST,
+            ProxyError::BadPath(_) | ProxyError::BadHost | ProxyError::BadBody => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::RouteNotFound | ProxyError::ServiceMissing(_) => StatusCode::NOT_FOUND,
             ProxyError::UpstreamMissing(_)
@@ -254,6 +258,7 @@ async fn forward(
     // Try nodes in turn; only a failed connection moves on, and only while
     // the body has not been handed to a connection.
     let started = Instant::now();
+    let body_health = payload.health();
     let mut payload = Some(payload);
     let mut last = ProxyError::UpstreamUnreachable;
     for node in balancer.attempts() {
@@ -392,6 +397,12 @@ async fn forward(
                 let mut answer = out.streaming(idle_timeout(resp, read));
                 append_all(answer.headers_mut(), &extra_response_headers);
                 return Ok(Reply::Response(answer));
+            }
+            Err(_) if body_health.failed() => {
+                // The client's body broke off or was malformed: its fault,
+                // not the upstream's.
+                tracing::info!(route.id = %route.id, "request body malformed or cut short");
+                return Err(ProxyError::BadBody);
             }
             Err(e) => {
                 let (err, retry) = classify(&e);

@@ -213,8 +213,14 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, HeadError> {
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(_) => return Err(HeadError::Bad("malformed request head")),
     };
-    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
-        .map_err(|_| HeadError::Bad("invalid method"))?;
+    // Methods are case-sensitive and every registered one is upper case;
+    // `get` would slip past a route limited to `GET` (RFC 9110 §9.1).
+    let raw_method = req.method.unwrap_or("");
+    if raw_method.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(HeadError::Bad("invalid method"));
+    }
+    let method =
+        Method::from_bytes(raw_method.as_bytes()).map_err(|_| HeadError::Bad("invalid method"))?;
     let http10 = req.version == Some(0);
     let target = req.path.unwrap_or("");
     let (path, authority) = split_target(target).ok_or(HeadError::Bad("invalid request target"))?;
@@ -415,6 +421,15 @@ impl ConnReader {
     }
 }
 
+/// See `Payload::health`.
+pub struct BodyHealth(Rc<RefCell<ConnReader>>);
+
+impl BodyHealth {
+    pub fn failed(&self) -> bool {
+        self.0.borrow().failed
+    }
+}
+
 /// The body of the request being handled, as a stream of chunks.
 pub struct Payload {
     conn: Rc<RefCell<ConnReader>>,
@@ -423,6 +438,12 @@ pub struct Payload {
 impl Payload {
     pub fn new(conn: Rc<RefCell<ConnReader>>) -> Payload {
         Payload { conn }
+    }
+
+    /// A handle that tells, after the body was handed away, whether it
+    /// could not be read (malformed chunks, a client gone mid-body).
+    pub fn health(&self) -> BodyHealth {
+        BodyHealth(self.conn.clone())
     }
 
     /// Turns the rest of the connection into this body: after a protocol
@@ -570,6 +591,7 @@ mod tests {
         assert!(bad("GET http://a/ HTTP/1.1\r\n\r\n").is_none());
         assert!(bad("GET /#x HTTP/1.1\r\nHost: a\r\n\r\n").is_some());
         assert!(bad("GET /<x> HTTP/1.1\r\nHost: a\r\n\r\n").is_some());
+        assert!(bad("get / HTTP/1.1\r\nHost: a\r\n\r\n").is_some());
     }
 
     #[test]

@@ -41,6 +41,9 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// answer that did not need the body (a refusal, say).
 const DRAIN_LIMIT: u64 = 1024 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for the client to take more of an answer (nginx's
+/// `send_timeout`).
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a closing connection still reads and drops what the client sends.
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_LIMIT: usize = 1024 * 1024;
@@ -56,6 +59,9 @@ pub struct Settings {
     pub keep_alive: Duration,
     /// How long in-flight requests get to finish on shutdown.
     pub grace: Duration,
+    /// Most open client connections per worker; beyond it the worker stops
+    /// accepting until one closes.
+    pub max_connections: usize,
 }
 
 /// Running workers; `stop` drains them.
@@ -110,6 +116,8 @@ struct Worker {
     /// Open connections, to know when a drain is complete.
     open: Cell<usize>,
     idle: tokio::sync::Notify,
+    /// Woken when a connection closes (accepting waits for it at the cap).
+    freed: tokio::sync::Notify,
 }
 
 fn worker(
@@ -145,16 +153,25 @@ fn worker(
             stopped: stopped.clone(),
             open: Cell::new(0),
             idle: tokio::sync::Notify::new(),
+            freed: tokio::sync::Notify::new(),
         });
+        let max = w.settings.max_connections.max(1);
+        let mut at_cap_logged = false;
         loop {
             tokio::select! {
-                accepted = listener.accept() => match accepted {
+                () = w.freed.notified(), if w.open.get() >= max => {}
+                accepted = listener.accept(), if w.open.get() < max => match accepted {
                     Ok((stream, peer)) => {
                         let w = w.clone();
                         w.open.set(w.open.get() + 1);
+                        if w.open.get() >= max && !at_cap_logged {
+                            tracing::warn!(connections = max, "connection limit reached; not accepting until one closes");
+                        }
+                        at_cap_logged = w.open.get() >= max;
                         tokio::task::spawn_local(async move {
                             connection(stream, peer, &w).await;
                             w.open.set(w.open.get() - 1);
+                            w.freed.notify_one();
                             if w.open.get() == 0 {
                                 w.idle.notify_waiters();
                             }
@@ -206,7 +223,8 @@ async fn connection(stream: TcpStream, peer: SocketAddr, w: &Worker) {
     let mut head_deadline: Option<Instant> = None;
     // Bytes of the buffered head already looked at.
     let mut scanned = 0;
-    let timer = tokio::time::sleep_until(last_active + w.settings.keep_alive);
+    let mut served = 0u64;
+    let timer = tokio::time::sleep_until(last_active + HEAD_TIMEOUT);
     tokio::pin!(timer);
     loop {
         // The next head: idle time is bounded by keep-alive, a started
@@ -255,7 +273,14 @@ async fn connection(stream: TcpStream, peer: SocketAddr, w: &Worker) {
             } else if head_deadline.is_none() {
                 head_deadline = Some(Instant::now() + HEAD_TIMEOUT);
             }
-            let deadline = head_deadline.unwrap_or(last_active + w.settings.keep_alive);
+            // A new connection gets HEAD_TIMEOUT for its first request, a
+            // kept one the keep-alive time.
+            let idle = if served == 0 {
+                HEAD_TIMEOUT
+            } else {
+                w.settings.keep_alive
+            };
+            let deadline = head_deadline.unwrap_or(last_active + idle);
             if timer.deadline() > deadline {
                 timer.as_mut().reset(deadline);
             }
@@ -319,6 +344,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, w: &Worker) {
         }
         last_active = Instant::now();
         head_deadline = None;
+        served += 1;
         // A body nobody read (an answer that did not need it) is skipped
         // so the connection can be kept; a large or slow one closes it.
         let unread = {
@@ -409,7 +435,7 @@ async fn write_simple(
     out.extend_from_slice(b"connection: close\r\n");
     out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
     out.extend_from_slice(body.as_bytes());
-    wr.write_all(&out).await?;
+    send(wr, &out).await?;
     wr.shutdown().await
 }
 
@@ -534,7 +560,7 @@ async fn write_reply(
                 // to the pool.
                 let _ =
                     futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(&mut body));
-                wr.write_all(out).await?;
+                send(wr, out).await?;
                 return Ok(keep_alive);
             }
             let body_ok = write_body(wr, out, body, framing, Some(u.idle)).await?;
@@ -562,14 +588,14 @@ async fn write_reply(
             }
             let keep_alive = finish_head(out, framing, m, has_date, tunnel);
             if m.head_only || framing == Out::None {
-                wr.write_all(out).await?;
+                send(wr, out).await?;
                 return Ok(keep_alive);
             }
             // The whole body at hand: one write.
             let mut body = match body.try_into_bytes() {
                 Ok(bytes) => {
                     out.extend_from_slice(&bytes);
-                    wr.write_all(out).await?;
+                    send(wr, out).await?;
                     return Ok(keep_alive && bytes.len() as u64 == length.unwrap_or(0));
                 }
                 Err(body) => body,
@@ -606,7 +632,7 @@ where
             Some(c) => c,
             None => {
                 if !out.is_empty() {
-                    wr.write_all(out).await?;
+                    send(wr, out).await?;
                     out.clear();
                 }
                 match idle {
@@ -626,7 +652,7 @@ where
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "answer body ended early");
                 if !out.is_empty() {
-                    wr.write_all(out).await?;
+                    send(wr, out).await?;
                 }
                 return Ok(false);
             }
@@ -635,7 +661,7 @@ where
                     out.extend_from_slice(b"0\r\n\r\n");
                 }
                 if !out.is_empty() {
-                    wr.write_all(out).await?;
+                    send(wr, out).await?;
                     out.clear();
                 }
                 if framing == Out::Close {
@@ -664,14 +690,14 @@ where
         if chunk.len() <= COPY_LIMIT {
             out.extend_from_slice(&chunk);
         } else {
-            wr.write_all(out).await?;
+            send(wr, out).await?;
             out.clear();
-            wr.write_all(&chunk).await?;
+            send(wr, &chunk).await?;
         }
         if framing == Out::Chunked {
             out.extend_from_slice(b"\r\n");
         }
-        wr.write_all(out).await?;
+        send(wr, out).await?;
         out.clear();
     }
 }
@@ -699,4 +725,16 @@ fn date() -> Rc<str> {
         }
         c.1.clone()
     })
+}
+
+/// Writes to the client; a client that stops reading for `SEND_TIMEOUT`
+/// loses its connection (and frees the upstream one).
+async fn send(wr: &mut OwnedWriteHalf, bytes: &[u8]) -> std::io::Result<()> {
+    match tokio::time::timeout(SEND_TIMEOUT, wr.write_all(bytes)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client stopped reading",
+        )),
+    }
 }

@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::framing::{decode, ChunkState, Framing, Step};
 use super::{Payload, ProxyError, Request};
 
 /// Largest upstream response head accepted.
@@ -95,11 +96,37 @@ pub async fn tunnel(
             resp.append_header((n, v));
         }
     }
-    let early = bytes::Bytes::copy_from_slice(&buf[head_len..]);
     if !switching {
-        // No tunnel: pass on the answer and whatever body came with it.
-        return Ok(resp.body(early));
+        // No tunnel: pass on the answer with its whole body, framed as the
+        // upstream framed it.
+        let mut length = None;
+        let mut chunked = false;
+        for h in parsed.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                length = std::str::from_utf8(h.value)
+                    .ok()
+                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse::<u64>().ok());
+                if length.is_none() {
+                    return Err(ProxyError::UpstreamBroken);
+                }
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = h.value.eq_ignore_ascii_case(b"chunked");
+            }
+        }
+        let framing = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Framing::DONE
+        } else if chunked {
+            Framing::Chunked(ChunkState::Size)
+        } else if let Some(n) = length {
+            Framing::Length(n)
+        } else {
+            Framing::UntilClose
+        };
+        let rest = bytes::BytesMut::from(&buf[head_len..]);
+        return Ok(resp.streaming(answer_body(upstream, rest, framing, read_timeout)));
     }
+    let early = bytes::Bytes::copy_from_slice(&buf[head_len..]);
 
     // Relay both ways until either side closes: from here on, whatever
     // the client sends belongs to the tunnel.
@@ -132,4 +159,39 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// The body of an answer that opened no tunnel, read from `conn` after the
+/// bytes already in `buf`, as `framing` says.
+fn answer_body(
+    conn: TcpStream,
+    buf: bytes::BytesMut,
+    framing: Framing,
+    idle: Duration,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
+    futures_util::stream::unfold(Some((conn, buf, framing)), move |state| async move {
+        let (mut conn, mut buf, mut framing) = state?;
+        loop {
+            match decode(&mut buf, &mut framing) {
+                Ok(Step::Data(d)) => return Some((Ok(d), Some((conn, buf, framing)))),
+                Ok(Step::End) => return None,
+                Ok(Step::NeedMore) => {}
+                Err(e) => return Some((Err(e), None)),
+            }
+            buf.reserve(16 * 1024);
+            match tokio::time::timeout(idle, conn.read_buf(&mut buf)).await {
+                Ok(Ok(0)) if framing == Framing::UntilClose => return None,
+                Ok(Ok(0)) => {
+                    let e = super::framing::invalid("the upstream closed early");
+                    return Some((Err(e), None));
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Some((Err(e), None)),
+                Err(_) => {
+                    let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "upstream stalled");
+                    return Some((Err(e), None));
+                }
+            }
+        }
+    })
 }

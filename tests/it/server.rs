@@ -1585,3 +1585,82 @@ fn an_ended_tunnel_releases_the_client_socket() {
     );
     drop(clients);
 }
+
+// ---------------------------------------------------------------------------
+// pooled upstream connections
+
+/// An upstream that answers HEAD with its head and, a moment later, bytes
+/// shaped like another answer; any other request gets `genuine`.
+fn stray_bytes_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            thread::spawn(move || {
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    pending.extend_from_slice(&buf[..n]);
+                    while let Some(end) = find(&pending, b"\r\n\r\n") {
+                        let head_request = pending.starts_with(b"HEAD ");
+                        pending.drain(..end + 4);
+                        let ok = if head_request {
+                            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
+                                .is_ok()
+                                && {
+                                    thread::sleep(Duration::from_millis(50));
+                                    conn.write_all(
+                                        b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nPOISONED",
+                                    )
+                                    .is_ok()
+                                }
+                        } else {
+                            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\ngenuine")
+                                .is_ok()
+                        };
+                        if !ok {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn stray_bytes_on_an_idle_upstream_connection_never_answer_another_request() {
+    let upstream = stray_bytes_upstream();
+    let gw = Gateway::start();
+    gw.put_route(
+        "h",
+        json!({"uri": "/h/*", "upstream": {"nodes": {upstream.to_string(): 1}}}),
+    );
+    for round in 0..5 {
+        let mut c = Conn::open(gw.proxy_addr());
+        c.send("HEAD /h/attacker HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        let _ = c.after(Duration::from_secs(2));
+        thread::sleep(Duration::from_millis(200));
+        let mut v = Conn::open(gw.proxy_addr());
+        v.send(get("/h/victim"));
+        assert_eq!(v.answer().expect(200).text(), "genuine", "round {round}");
+    }
+}
+
+#[test]
+fn a_malformed_chunked_body_is_the_clients_fault() {
+    let f = Fixture::start();
+    for body in ["3\r\nabcX\r\n0\r\n\r\n", "zz\r\nabc\r\n0\r\n\r\n"] {
+        let mut c = f.conn();
+        c.send(format!(
+            "POST /body/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
+        ));
+        c.answer().expect(400);
+    }
+}

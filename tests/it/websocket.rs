@@ -118,3 +118,43 @@ fn upgrade_on_a_plain_route_is_a_plain_request() {
     assert!(seen[0].header("upgrade").is_none(), "upstream saw Upgrade");
     assert!(seen[0].header("sec-websocket-key").is_some());
 }
+
+#[test]
+fn an_upgrade_the_upstream_refuses_passes_its_whole_answer_on() {
+    // The echo upstream answers an upgrade with 200 and a JSON body larger
+    // than one read; the client must get all of it.
+    let echo = EchoUpstream::start();
+    let gw = Gateway::start();
+    gw.put_route(
+        "ws",
+        json!({"uri": "/ws/*", "enable_websocket": true,
+               "upstream": {"nodes": {echo.node(): 1}}}),
+    );
+    let pad = "p".repeat(6000);
+    let request = UPGRADE.replace("\r\n\r\n", &format!("\r\nX-Pad: {pad}\r\n\r\n"));
+    let mut conn = TcpStream::connect(gw.proxy_addr()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn.write_all(request.as_bytes()).unwrap();
+    let got = read_until(&mut conn, b"\r\n\r\n");
+    let split = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..split]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .expect("content-length")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(length > 6000, "{head}");
+    let mut body = got[split..].to_vec();
+    let mut buf = [0u8; 4096];
+    while body.len() < length {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert_eq!(body.len(), length);
+    assert!(String::from_utf8_lossy(&body).contains(&pad));
+}
