@@ -40,16 +40,18 @@ pub enum H1Error {
     ConnectTimeout,
     #[error("the upstream closed the connection or sent an invalid answer: {0}")]
     Broken(String),
+    #[error("the upstream did not answer in time")]
+    ReadTimeout,
 }
 
 /// Idle keep-alive connections of one worker, by node.
 #[derive(Default)]
 pub struct Pool {
-    idle: RefCell<HashMap<String, Vec<(TcpStream, Instant)>>>,
+    idle: RefCell<HashMap<String, Vec<(Conn, Instant)>>>,
 }
 
 impl Pool {
-    fn take(&self, node: &str) -> Option<TcpStream> {
+    fn take(&self, node: &str) -> Option<Conn> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(node)?;
         while let Some((conn, since)) = list.pop() {
@@ -57,9 +59,10 @@ impl Pool {
             // for (a body after a HEAD answer, say) or the upstream closing
             // — means it cannot carry another exchange: those bytes would
             // be read as the next client's answer.
-            let readable =
-                futures_util::FutureExt::now_or_never(conn.ready(tokio::io::Interest::READABLE))
-                    .is_some();
+            let readable = futures_util::FutureExt::now_or_never(
+                conn.stream.ready(tokio::io::Interest::READABLE),
+            )
+            .is_some();
             if since.elapsed() < IDLE_MAX_AGE && !readable {
                 return Some(conn);
             }
@@ -67,7 +70,7 @@ impl Pool {
         None
     }
 
-    fn give_back(&self, node: &str, conn: TcpStream) {
+    fn give_back(&self, node: &str, conn: Conn) {
         let mut idle = self.idle.borrow_mut();
         match idle.get_mut(node) {
             Some(list) if list.len() < MAX_IDLE_PER_NODE => list.push((conn, Instant::now())),
@@ -80,6 +83,54 @@ impl Pool {
 }
 
 type Span = std::ops::Range<usize>;
+
+/// A connection to an upstream node, with its timer for the read timeout.
+///
+/// The timer is armed lazily, as the client side's: it moves only when it
+/// would fire too late, so a busy pooled connection costs no timer-wheel
+/// insertion and removal per request; when it fires early, the real
+/// deadline is checked and it is armed again.
+struct Conn {
+    stream: TcpStream,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Conn {
+    fn new(stream: TcpStream, deadline: tokio::time::Instant) -> Conn {
+        Conn {
+            stream,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+
+    /// Reads more of the answer, or fails once `deadline` has passed.
+    async fn read_by(
+        &mut self,
+        buf: &mut BytesMut,
+        deadline: tokio::time::Instant,
+    ) -> Result<usize, ReadError> {
+        if self.timer.deadline() > deadline {
+            self.timer.as_mut().reset(deadline);
+        }
+        loop {
+            tokio::select! {
+                biased;
+                r = self.stream.read_buf(buf) => return r.map_err(ReadError::Io),
+                () = self.timer.as_mut() => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(ReadError::TimedOut);
+                    }
+                    self.timer.as_mut().reset(deadline);
+                }
+            }
+        }
+    }
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    TimedOut,
+}
 
 /// An upstream answer: status, the head as received, and the body as a
 /// stream.
@@ -106,11 +157,16 @@ impl Answer {
 pub struct HeadWriter(pub Vec<u8>);
 
 impl HeadWriter {
-    pub fn new(method: &Method, target: &str) -> HeadWriter {
+    /// Starts a head for `path` and, when there is one, `query`.
+    pub fn new(method: &Method, path: &str, query: Option<&str>) -> HeadWriter {
         let mut head = Vec::with_capacity(512);
         head.extend_from_slice(method.as_str().as_bytes());
         head.push(b' ');
-        head.extend_from_slice(target.as_bytes());
+        head.extend_from_slice(path.as_bytes());
+        if let Some(q) = query {
+            head.push(b'?');
+            head.extend_from_slice(q.as_bytes());
+        }
         head.extend_from_slice(b" HTTP/1.1\r\n");
         HeadWriter(head)
     }
@@ -135,22 +191,24 @@ pub async fn send(
     method: &Method,
     head: &[u8],
     connect_timeout: Duration,
+    read_timeout: Duration,
 ) -> Result<Answer, H1Error> {
     // A pooled connection may have been closed by the upstream meanwhile:
     // when it fails before any byte of an answer, try a fresh one.
     if let Some(conn) = pool.take(node) {
-        match exchange(conn, head, method).await {
+        match exchange(conn, head, method, read_timeout).await {
             Ok(answer) => return Ok(answer.into_answer(pool.clone(), node)),
             Err(Exchange::Stale) => {}
             Err(Exchange::Failed(e)) => return Err(e),
         }
     }
-    let conn = tokio::time::timeout(connect_timeout, TcpStream::connect(node))
+    let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(node))
         .await
         .map_err(|_| H1Error::ConnectTimeout)?
         .map_err(H1Error::Connect)?;
-    let _ = conn.set_nodelay(true);
-    match exchange(conn, head, method).await {
+    let _ = stream.set_nodelay(true);
+    let conn = Conn::new(stream, tokio::time::Instant::now() + read_timeout);
+    match exchange(conn, head, method, read_timeout).await {
         Ok(answer) => Ok(answer.into_answer(pool.clone(), node)),
         Err(Exchange::Stale) => Err(H1Error::Broken("closed before answering".into())),
         Err(Exchange::Failed(e)) => Err(e),
@@ -170,7 +228,7 @@ struct Parsed {
     length: Option<u64>,
     framing: Framing,
     reusable: bool,
-    conn: TcpStream,
+    conn: Conn,
     rest: BytesMut,
 }
 
@@ -194,21 +252,27 @@ impl Parsed {
     }
 }
 
-async fn exchange(mut conn: TcpStream, head: &[u8], method: &Method) -> Result<Parsed, Exchange> {
+async fn exchange(
+    mut conn: Conn,
+    head: &[u8],
+    method: &Method,
+    read_timeout: Duration,
+) -> Result<Parsed, Exchange> {
     let broken = |e: String| Exchange::Failed(H1Error::Broken(e));
-    if conn.write_all(head).await.is_err() {
+    if conn.stream.write_all(head).await.is_err() {
         return Err(Exchange::Stale);
     }
+    // The read timeout runs from the moment the request is sent.
+    let deadline = tokio::time::Instant::now() + read_timeout;
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         // Read until a complete head is in the buffer.
-        let n = conn.read_buf(&mut buf).await.map_err(|e| {
-            if buf.is_empty() {
-                Exchange::Stale
-            } else {
-                broken(e.to_string())
-            }
-        })?;
+        let n = match conn.read_by(&mut buf, deadline).await {
+            Ok(n) => n,
+            Err(ReadError::TimedOut) => return Err(Exchange::Failed(H1Error::ReadTimeout)),
+            Err(ReadError::Io(_)) if buf.is_empty() => return Err(Exchange::Stale),
+            Err(ReadError::Io(e)) => return Err(broken(e.to_string())),
+        };
         if n == 0 {
             return Err(if buf.is_empty() {
                 Exchange::Stale
@@ -308,7 +372,7 @@ async fn exchange(mut conn: TcpStream, head: &[u8], method: &Method) -> Result<P
 }
 
 struct BodyState {
-    conn: Option<TcpStream>,
+    conn: Option<Conn>,
     /// Bytes read but not yet handed out.
     buf: BytesMut,
     framing: Framing,
@@ -361,7 +425,7 @@ impl BodyState {
             .as_mut()
             .ok_or_else(|| invalid("connection gone"))?;
         self.buf.reserve(READ_CHUNK);
-        Ok(conn.read_buf(&mut self.buf).await? > 0)
+        Ok(conn.stream.read_buf(&mut self.buf).await? > 0)
     }
 
     async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {

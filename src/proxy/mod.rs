@@ -216,10 +216,6 @@ async fn forward(
         );
     };
 
-    let target = match req.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.into_owned(),
-    };
     let (content_length, has_body) = match req.body() {
         request::BodyKind::None => (None, false),
         request::BodyKind::Length(n) => (Some(n), true),
@@ -246,7 +242,7 @@ async fn forward(
             // such upgrades are refused rather than sent in clear text.
             return Err(ProxyError::UpstreamBroken);
         }
-        let mut head = h1::HeadWriter::new(req.method(), &target);
+        let mut head = h1::HeadWriter::new(req.method(), &path, req.query());
         upstream_fields(&node.authority, &mut |n, v| head.field(n, v));
         head.field(b"connection", b"upgrade");
         head.field(b"upgrade", b"websocket");
@@ -269,25 +265,23 @@ async fn forward(
         }
         // The common case — plain http, no body — takes the lean client.
         if !balancer.https && !has_body {
-            let mut head = h1::HeadWriter::new(req.method(), &target);
+            let mut head = h1::HeadWriter::new(req.method(), &path, req.query());
             upstream_fields(&node.authority, &mut |n, v| head.field(n, v));
-            let sent = tokio::time::timeout(
+            let sent = h1::send(
+                &clients.h1,
+                &node.authority,
+                req.method(),
+                &head.finish(),
+                connect,
                 read,
-                h1::send(
-                    &clients.h1,
-                    &node.authority,
-                    req.method(),
-                    &head.finish(),
-                    connect,
-                ),
             )
             .await;
             match sent {
-                Err(_) => {
+                Err(h1::H1Error::ReadTimeout) => {
                     tracing::warn!(route.id = %route.id, upstream.node = %node.authority, "upstream read timed out");
                     return Err(ProxyError::UpstreamTimedOut);
                 }
-                Ok(Ok(answer)) => {
+                Ok(answer) => {
                     if answer.status == StatusCode::SWITCHING_PROTOCOLS {
                         return Err(unexpected_switch(&route.id, node));
                     }
@@ -297,12 +291,13 @@ async fn forward(
                         idle: read,
                     }));
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     tracing::warn!(route.id = %route.id, upstream.node = %node.authority, error = %e, "upstream request failed");
                     let (err, retry) = match e {
                         h1::H1Error::Connect(_) => (ProxyError::UpstreamUnreachable, true),
                         h1::H1Error::ConnectTimeout => (ProxyError::UpstreamTimedOut, true),
                         h1::H1Error::Broken(_) => (ProxyError::UpstreamBroken, false),
+                        h1::H1Error::ReadTimeout => (ProxyError::UpstreamTimedOut, false),
                     };
                     last = err;
                     if !retry {
@@ -314,10 +309,12 @@ async fn forward(
         }
 
         let url = format!(
-            "{}://{}{}",
+            "{}://{}{}{}{}",
             if balancer.https { "https" } else { "http" },
             node.authority,
-            target
+            path,
+            if req.query().is_some() { "?" } else { "" },
+            req.query().unwrap_or("")
         );
         let client = clients.for_connect_timeout(connect);
         let mut creq = client.request(req.method().clone(), url.as_str());

@@ -730,7 +730,16 @@ fn date() -> Rc<str> {
 /// Writes to the client; a client that stops reading for `SEND_TIMEOUT`
 /// loses its connection (and frees the upstream one).
 async fn send(wr: &mut OwnedWriteHalf, bytes: &[u8]) -> std::io::Result<()> {
-    match tokio::time::timeout(SEND_TIMEOUT, wr.write_all(bytes)).await {
+    // Usually the socket takes it all at once, and no timer is needed.
+    let written = match wr.try_write(bytes) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    if written == bytes.len() {
+        return Ok(());
+    }
+    match tokio::time::timeout(SEND_TIMEOUT, wr.write_all(&bytes[written..])).await {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
