@@ -70,13 +70,13 @@ impl Pool {
         None
     }
 
-    fn give_back(&self, node: &str, conn: Conn) {
+    fn give_back(&self, conn: Conn) {
         let mut idle = self.idle.borrow_mut();
-        match idle.get_mut(node) {
+        match idle.get_mut(&*conn.node) {
             Some(list) if list.len() < MAX_IDLE_PER_NODE => list.push((conn, Instant::now())),
             Some(_) => {}
             None => {
-                idle.insert(node.to_owned(), vec![(conn, Instant::now())]);
+                idle.insert(conn.node.to_string(), vec![(conn, Instant::now())]);
             }
         }
     }
@@ -93,13 +93,19 @@ type Span = std::ops::Range<usize>;
 struct Conn {
     stream: TcpStream,
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The node it goes to, the key of its pool list.
+    node: Rc<str>,
+    /// The read buffer, kept with the connection so its memory is reused.
+    buf: BytesMut,
 }
 
 impl Conn {
-    fn new(stream: TcpStream, deadline: tokio::time::Instant) -> Conn {
+    fn new(stream: TcpStream, node: &str, deadline: tokio::time::Instant) -> Conn {
         Conn {
             stream,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
+            node: node.into(),
+            buf: BytesMut::new(),
         }
     }
 
@@ -197,7 +203,7 @@ pub async fn send(
     // when it fails before any byte of an answer, try a fresh one.
     if let Some(conn) = pool.take(node) {
         match exchange(conn, head, method, read_timeout).await {
-            Ok(answer) => return Ok(answer.into_answer(pool.clone(), node)),
+            Ok(answer) => return Ok(answer.into_answer(pool.clone())),
             Err(Exchange::Stale) => {}
             Err(Exchange::Failed(e)) => return Err(e),
         }
@@ -207,9 +213,9 @@ pub async fn send(
         .map_err(|_| H1Error::ConnectTimeout)?
         .map_err(H1Error::Connect)?;
     let _ = stream.set_nodelay(true);
-    let conn = Conn::new(stream, tokio::time::Instant::now() + read_timeout);
+    let conn = Conn::new(stream, node, tokio::time::Instant::now() + read_timeout);
     match exchange(conn, head, method, read_timeout).await {
-        Ok(answer) => Ok(answer.into_answer(pool.clone(), node)),
+        Ok(answer) => Ok(answer.into_answer(pool.clone())),
         Err(Exchange::Stale) => Err(H1Error::Broken("closed before answering".into())),
         Err(Exchange::Failed(e)) => Err(e),
     }
@@ -233,21 +239,19 @@ struct Parsed {
 }
 
 impl Parsed {
-    fn into_answer(self, pool: Rc<Pool>, node: &str) -> Answer {
-        let state = BodyState {
-            conn: Some(self.conn),
-            buf: self.rest,
-            framing: self.framing,
-            reusable: self.reusable,
-            pool,
-            node: node.to_owned(),
-        };
+    fn into_answer(self, pool: Rc<Pool>) -> Answer {
         Answer {
             status: self.status,
             head: self.head,
             fields: self.fields,
             length: self.length,
-            body: Body::new(state),
+            body: Body {
+                conn: Some(self.conn),
+                buf: self.rest,
+                framing: self.framing,
+                reusable: self.reusable,
+                pool,
+            },
         }
     }
 }
@@ -264,7 +268,9 @@ async fn exchange(
     }
     // The read timeout runs from the moment the request is sent.
     let deadline = tokio::time::Instant::now() + read_timeout;
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut buf = std::mem::take(&mut conn.buf);
+    buf.clear();
+    buf.reserve(4096);
     loop {
         // Read until a complete head is in the buffer.
         let n = match conn.read_by(&mut buf, deadline).await {
@@ -371,39 +377,15 @@ async fn exchange(
     }
 }
 
-struct BodyState {
+/// The answer's body; the connection goes back to the pool once it has
+/// been read to its end.
+pub struct Body {
     conn: Option<Conn>,
     /// Bytes read but not yet handed out.
     buf: BytesMut,
     framing: Framing,
     reusable: bool,
     pool: Rc<Pool>,
-    node: String,
-}
-
-/// The answer's body; the connection goes back to the pool once it has
-/// been read to its end.
-pub struct Body {
-    inner: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>>>>,
-}
-
-impl Body {
-    fn new(state: BodyState) -> Body {
-        let stream = futures_util::stream::unfold(Some(state), |state| async move {
-            let mut s = state?;
-            match s.next_chunk().await {
-                Ok(Some(chunk)) => Some((Ok(chunk), Some(s))),
-                Ok(None) => {
-                    s.finish();
-                    None
-                }
-                Err(e) => Some((Err(e), None)),
-            }
-        });
-        Body {
-            inner: Box::pin(stream),
-        }
-    }
 }
 
 impl Stream for Body {
@@ -413,43 +395,61 @@ impl Stream for Body {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        self.inner.as_mut().poll_next(cx)
-    }
-}
-
-impl BodyState {
-    /// Reads more from the connection; `false` at end of stream.
-    async fn fill(&mut self) -> std::io::Result<bool> {
-        let conn = self
-            .conn
-            .as_mut()
-            .ok_or_else(|| invalid("connection gone"))?;
-        self.buf.reserve(READ_CHUNK);
-        Ok(conn.stream.read_buf(&mut self.buf).await? > 0)
-    }
-
-    async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
+        use std::task::Poll;
+        let this = &mut *self;
         loop {
-            match decode(&mut self.buf, &mut self.framing)? {
-                Step::Data(chunk) => return Ok(Some(chunk)),
-                Step::End => return Ok(None),
-                Step::NeedMore => {
-                    if !self.fill().await? {
-                        return match self.framing {
-                            Framing::UntilClose => Ok(None),
-                            _ => Err(invalid("the upstream closed before the end of the body")),
-                        };
+            match decode(&mut this.buf, &mut this.framing) {
+                Ok(Step::Data(chunk)) => return Poll::Ready(Some(Ok(chunk))),
+                Ok(Step::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::NeedMore) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if this.buf.capacity() - this.buf.len() < 1024 {
+                this.buf.reserve(READ_CHUNK);
+            }
+            let read = tokio_util::io::poll_read_buf(
+                std::pin::Pin::new(&mut conn.stream),
+                cx,
+                &mut this.buf,
+            );
+            match read {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    this.conn = None;
+                    if this.framing == Framing::UntilClose {
+                        this.framing = Framing::DONE;
+                        return Poll::Ready(None);
                     }
+                    let e = invalid("the upstream closed before the end of the body");
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
                 }
             }
         }
     }
+}
 
+impl Body {
     /// The body was read to its end: keep the connection if it is clean.
     fn finish(&mut self) {
         if let Some(conn) = self.conn.take() {
             if self.reusable && self.buf.is_empty() {
-                self.pool.give_back(&self.node, conn);
+                let mut conn = conn;
+                conn.buf = std::mem::take(&mut self.buf);
+                self.pool.give_back(conn);
             }
         }
     }

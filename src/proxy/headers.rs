@@ -33,8 +33,8 @@ const FORWARDING: &[&str] = &[
     "x-rewrite-url",
 ];
 
-fn is_forwarding(name: &str) -> bool {
-    name.starts_with("x-forwarded-") || FORWARDING.contains(&name)
+fn is_forwarding(name: &[u8]) -> bool {
+    name.starts_with(b"x-forwarded-") || listed(FORWARDING, name)
 }
 
 /// A header field as sent: name and value bytes.
@@ -53,7 +53,7 @@ pub const IDENTITY_HEADERS: &[&str] = &[
 /// A header name in lower case, on the stack for the usual short names.
 struct Lower {
     buf: [u8; 64],
-    long: Option<String>,
+    long: Option<Vec<u8>>,
     len: usize,
 }
 
@@ -69,18 +69,22 @@ impl Lower {
                 *d = s.to_ascii_lowercase();
             }
         } else {
-            l.long = Some(String::from_utf8_lossy(name).to_ascii_lowercase());
+            l.long = Some(name.to_ascii_lowercase());
         }
         l
     }
 
-    fn as_str(&self) -> &str {
+    fn bytes(&self) -> &[u8] {
         match &self.long {
-            Some(s) => s,
-            // Header names are tokens (ASCII); anything else matches no rule.
-            None => std::str::from_utf8(&self.buf[..self.len]).unwrap_or("\u{0}"),
+            Some(v) => v,
+            None => &self.buf[..self.len],
         }
     }
+}
+
+/// Whether `name` (lower case) is one of `list`.
+fn listed(list: &[&str], name: &[u8]) -> bool {
+    list.iter().any(|x| x.as_bytes() == name)
 }
 
 /// Names listed in the `Connection` field(s), lower-cased.
@@ -99,15 +103,17 @@ fn nominated<'a>(fields: impl Iterator<Item = Field<'a>>) -> Vec<String> {
     out
 }
 
-/// Whether a header may be copied from one side to the other.
-fn is_end_to_end(name: &str, nominated: &[String]) -> bool {
-    !HOP_BY_HOP.contains(&name) && !nominated.iter().any(|x| x == name)
+/// Whether a header (name in lower case) may be copied from one side to
+/// the other.
+fn is_end_to_end(name: &[u8], nominated: &[String]) -> bool {
+    !listed(HOP_BY_HOP, name) && !nominated.iter().any(|x| x.as_bytes() == name)
 }
 
 /// Who the client is and which host it asked for, for the forwarding
 /// headers the gateway sets.
 pub struct Forwarding<'a> {
-    pub client_ip: std::net::IpAddr,
+    /// The peer's address, as text.
+    pub client_ip: &'a str,
     /// The client's `Host`, normalised.
     pub host: Option<&'a str>,
     /// The peer is in `trusted_addresses`: its forwarding headers are
@@ -144,13 +150,14 @@ pub fn upstream_request_fields<'a, I>(
     let mut cookies: Option<String> = None;
     for (name, value) in client {
         let lower = Lower::new(name);
-        let n = lower.as_str();
+        let n = lower.bytes();
+        let overlaid = || std::str::from_utf8(n).is_ok_and(|n| overlay.contains_key(n));
         if !is_end_to_end(n, &nominated)
-            || n == "host"
-            || n == "expect"
-            || n.contains('_')
-            || IDENTITY_HEADERS.contains(&n)
-            || (!overlay.is_empty() && overlay.contains_key(n))
+            || n == b"host"
+            || n == b"expect"
+            || n.contains(&b'_')
+            || listed(IDENTITY_HEADERS, n)
+            || (!overlay.is_empty() && overlaid())
         {
             continue;
         }
@@ -159,7 +166,7 @@ pub fn upstream_request_fields<'a, I>(
                 continue;
             }
             match n {
-                "x-forwarded-for" => {
+                b"x-forwarded-for" => {
                     for hop in String::from_utf8_lossy(value).split(',').map(str::trim) {
                         if !hop.is_empty() {
                             chain.push_str(hop);
@@ -168,13 +175,13 @@ pub fn upstream_request_fields<'a, I>(
                     }
                     continue;
                 }
-                "x-real-ip" => real_ip = true,
-                "x-forwarded-proto" => proto = true,
-                "x-forwarded-host" => fwd_host = true,
+                b"x-real-ip" => real_ip = true,
+                b"x-forwarded-proto" => proto = true,
+                b"x-forwarded-host" => fwd_host = true,
                 _ => {}
             }
         }
-        if n == "cookie" && !gateway_cookies.is_empty() {
+        if n == b"cookie" && !gateway_cookies.is_empty() {
             let kept = cookies.get_or_insert_with(String::new);
             for pair in String::from_utf8_lossy(value).split(';').map(str::trim) {
                 let cookie_name = pair.split('=').next().unwrap_or("").trim();
@@ -187,7 +194,7 @@ pub fn upstream_request_fields<'a, I>(
             }
             continue;
         }
-        emit(n.as_bytes(), value);
+        emit(n, value);
     }
     if let Some(kept) = cookies.filter(|k| !k.is_empty()) {
         emit(b"cookie", kept.as_bytes());
@@ -198,14 +205,7 @@ pub fn upstream_request_fields<'a, I>(
     if let Some(host) = host {
         emit(b"host", host);
     }
-    let mut ip_buf = [0u8; 64];
-    let ip = {
-        use std::io::Write;
-        let mut cursor = &mut ip_buf[..];
-        let _ = write!(cursor, "{}", fwd.client_ip);
-        let len = 64 - cursor.len();
-        &ip_buf[..len]
-    };
+    let ip = fwd.client_ip.as_bytes();
     if chain.is_empty() {
         emit(b"x-forwarded-for", ip);
     } else {
@@ -232,8 +232,8 @@ where
     let nominated = nominated(fields.clone());
     for (name, value) in fields {
         let lower = Lower::new(name);
-        if is_end_to_end(lower.as_str(), &nominated) {
-            to(lower.as_str().as_bytes(), value);
+        if is_end_to_end(lower.bytes(), &nominated) {
+            to(lower.bytes(), value);
         }
     }
 }
@@ -315,7 +315,7 @@ mod tests {
         let f = fields(pairs);
         let mut out = Vec::new();
         let fwd = Forwarding {
-            client_ip: [127, 0, 0, 1].into(),
+            client_ip: "127.0.0.1",
             host: Some("h"),
             trusted,
         };

@@ -199,7 +199,7 @@ async fn forward(
         }
     }
     let forwarding = headers::Forwarding {
-        client_ip: peer,
+        client_ip: req.peer_ip(),
         host: host_header,
         trusted: state.trusted.iter().any(|n| n.contains(&peer)),
     };

@@ -38,6 +38,8 @@ pub struct Request {
     http10: bool,
     body: BodyKind,
     peer: SocketAddr,
+    /// The peer's address as text, formatted once per connection.
+    peer_ip: Rc<str>,
 }
 
 /// How the request's body is framed, as far as forwarding cares.
@@ -142,6 +144,11 @@ impl Request {
         self.peer
     }
 
+    /// The peer's IP address as text.
+    pub fn peer_ip(&self) -> &str {
+        &self.peer_ip
+    }
+
     pub fn is_http10(&self) -> bool {
         self.http10
     }
@@ -176,7 +183,7 @@ pub struct Parsed {
 
 impl Parsed {
     /// The request, from the head's bytes (the first `len` bytes parsed).
-    pub fn into_request(self, head: Bytes, peer: SocketAddr) -> Request {
+    pub fn into_request(self, head: Bytes, peer: SocketAddr, peer_ip: Rc<str>) -> Request {
         let body = match self.framing {
             Framing::Length(0) => BodyKind::None,
             Framing::Length(n) => BodyKind::Length(n),
@@ -193,6 +200,7 @@ impl Parsed {
             http10: self.http10,
             body,
             peer,
+            peer_ip,
         }
     }
 }
@@ -500,7 +508,7 @@ mod tests {
             framing: p.framing,
             keep_alive: p.keep_alive,
             expect_continue: p.expect_continue,
-            request: p.into_request(bytes.clone(), peer()),
+            request: p.into_request(bytes.clone(), peer(), "127.0.0.1".into()),
         }))
     }
 

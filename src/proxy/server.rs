@@ -212,6 +212,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, w: &Worker) {
     let (rd, mut wr) = stream.into_split();
     let reader = Rc::new(RefCell::new(ConnReader::new(rd)));
     let mut out = Vec::with_capacity(4096);
+    let peer_ip: Rc<str> = peer.ip().to_string().into();
     let mut stopped = w.stopped.clone();
     let stop = stopped.wait_for(|s| *s);
     tokio::pin!(stop);
@@ -319,7 +320,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, w: &Worker) {
             return;
         }
         let keep_alive = parsed.keep_alive;
-        let req = parsed.into_request(head, peer);
+        let req = parsed.into_request(head, peer, peer_ip.clone());
         let payload = Payload::new(reader.clone());
         let reply = super::handle(&req, payload, &w.state, &w.clients).await;
         let stopping = *w.stopped.borrow();
