@@ -541,11 +541,11 @@ async fn write_reply(
             status_line(out, status);
             let mut has_date = false;
             headers::client_response_fields(u.answer.fields(), |name, value| {
-                let replaced = u
-                    .extra
-                    .contains_key(std::str::from_utf8(name).unwrap_or(""))
+                let replaced = !u.extra.is_empty()
                     && name != b"set-cookie"
-                    && name != b"vary";
+                    && name != b"vary"
+                    && u.extra
+                        .contains_key(std::str::from_utf8(name).unwrap_or(""));
                 if !is_framing_header(name) && !replaced {
                     has_date |= name == b"date";
                     push_header(out, name, value);
