@@ -163,9 +163,10 @@ impl Answer {
 pub struct HeadWriter(pub Vec<u8>);
 
 impl HeadWriter {
-    /// Starts a head for `path` and, when there is one, `query`.
-    pub fn new(method: &Method, path: &str, query: Option<&str>) -> HeadWriter {
-        let mut head = Vec::with_capacity(512);
+    /// Starts a head for `path` and, when there is one, `query`, with room
+    /// for about `size` bytes.
+    pub fn new(method: &Method, path: &str, query: Option<&str>, size: usize) -> HeadWriter {
+        let mut head = Vec::with_capacity(size);
         head.extend_from_slice(method.as_str().as_bytes());
         head.push(b' ');
         head.extend_from_slice(path.as_bytes());

@@ -203,6 +203,14 @@ async fn forward(
         host: host_header,
         trusted: state.trusted.iter().any(|n| n.contains(&peer)),
     };
+    // Room for the upstream head: the client's, what plugins add, and the
+    // gateway's own headers.
+    let head_size = req.head_len()
+        + overlay
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+        + 256;
     // The upstream's headers for one node, handed to `emit`.
     let upstream_fields = |node: &str, emit: &mut dyn FnMut(&[u8], &[u8])| {
         let host = upstream_host(balancer, host_header, node);
@@ -242,7 +250,7 @@ async fn forward(
             // such upgrades are refused rather than sent in clear text.
             return Err(ProxyError::UpstreamBroken);
         }
-        let mut head = h1::HeadWriter::new(req.method(), &path, req.query());
+        let mut head = h1::HeadWriter::new(req.method(), &path, req.query(), head_size);
         upstream_fields(&node.authority, &mut |n, v| head.field(n, v));
         head.field(b"connection", b"upgrade");
         head.field(b"upgrade", b"websocket");
@@ -265,7 +273,7 @@ async fn forward(
         }
         // The common case — plain http, no body — takes the lean client.
         if !balancer.https && !has_body {
-            let mut head = h1::HeadWriter::new(req.method(), &path, req.query());
+            let mut head = h1::HeadWriter::new(req.method(), &path, req.query(), head_size);
             upstream_fields(&node.authority, &mut |n, v| head.field(n, v));
             let sent = h1::send(
                 &clients.h1,

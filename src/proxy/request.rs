@@ -140,6 +140,11 @@ impl Request {
             })
     }
 
+    /// Bytes of the head as received.
+    pub fn head_len(&self) -> usize {
+        self.head.len()
+    }
+
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer
     }
