@@ -293,6 +293,22 @@ cpu_ticks() { # pid...
     echo "$sum"
 }
 CLK_TCK=$(getconf CLK_TCK)
+# Waits (up to MAX seconds) until a process uses under 2 % of a core over
+# one second; logs how long that took.
+wait_quiet() { # pid max
+    local t0 t1 waited=0
+    while ((waited < $2)); do
+        t0=$(cpu_ticks "$1")
+        sleep 1
+        t1=$(cpu_ticks "$1")
+        waited=$((waited + 1))
+        if (((t1 - t0) * 100 < 2 * CLK_TCK)); then
+            log "pid $1 quiet after ${waited}s"
+            return 0
+        fi
+    done
+    log "warning: pid $1 still busy after ${2}s"
+}
 
 start_nginx() { # name pin...
     local name=$1
@@ -540,7 +556,9 @@ create_routes 10 $((NROUTES - 1)) "$CREATE_CONC"
 record "{\"name\":\"create\",\"type\":\"create\",\"routes\":$((NROUTES - 10)),\"seconds\":$(python3 -c "print(round($(date +%s.%N) - $T0, 2))"),\"concurrency\":$CREATE_CONC}"
 LAST=$((NROUTES - 2)) # one of the last created
 expect_200 "$GW/svc/$LAST/index.html"
-sleep 2
+# Creating 10 000 routes leaves the store's background threads busy for a
+# while (they share the gateway's CPU): measure the steady state.
+wait_quiet "$GW_PID" 30
 record "{\"name\":\"rss_10k_idle\",\"type\":\"rss\",\"kb\":$(rss_kb)}"
 log "RSS with $NROUTES routes, idle: $(rss_kb) kB"
 sample_start

@@ -19,7 +19,7 @@ use base64::Engine;
 use serde_json::Value;
 
 /// How long node gets to print its READY line.
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A running test provider. Dropping it kills the node process.
 pub struct Idp {
