@@ -204,7 +204,7 @@ pub async fn send(
     // when it fails before any byte of an answer, try a fresh one.
     if let Some(conn) = pool.take(node) {
         match exchange(conn, head, method, read_timeout).await {
-            Ok(answer) => return Ok(answer.into_answer(pool.clone())),
+            Ok(answer) => return Ok(answer.into_answer(Some(pool.clone()))),
             Err(Exchange::Stale) => {}
             Err(Exchange::Failed(e)) => return Err(e),
         }
@@ -216,9 +216,58 @@ pub async fn send(
     let _ = stream.set_nodelay(true);
     let conn = Conn::new(stream, node, tokio::time::Instant::now() + read_timeout);
     match exchange(conn, head, method, read_timeout).await {
-        Ok(answer) => Ok(answer.into_answer(pool.clone())),
+        Ok(answer) => Ok(answer.into_answer(Some(pool.clone()))),
         Err(Exchange::Stale) => Err(H1Error::Broken("closed before answering".into())),
         Err(Exchange::Failed(e)) => Err(e),
+    }
+}
+
+/// What an upgrade request got back.
+pub enum Upgrade {
+    /// `101 Switching Protocols`: the connection now belongs to the new
+    /// protocol; `early` holds bytes of it that came with the answer.
+    Switched {
+        answer: Answer,
+        stream: TcpStream,
+        early: BytesMut,
+    },
+    /// Any other answer, relayed as usual; the connection is not pooled.
+    Refused(Answer),
+}
+
+/// Sends an upgrade request over a fresh connection to `node` and reads
+/// the answer's head.
+pub async fn open_upgrade(
+    node: &str,
+    method: &Method,
+    head: &[u8],
+    connect_timeout: Duration,
+    read_timeout: Duration,
+) -> Result<Upgrade, H1Error> {
+    let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(node))
+        .await
+        .map_err(|_| H1Error::ConnectTimeout)?
+        .map_err(H1Error::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let conn = Conn::new(stream, node, tokio::time::Instant::now() + read_timeout);
+    let parsed = match exchange(conn, head, method, read_timeout).await {
+        Ok(p) => p,
+        Err(Exchange::Stale) => return Err(H1Error::Broken("closed before answering".into())),
+        Err(Exchange::Failed(e)) => return Err(e),
+    };
+    if parsed.status != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(Upgrade::Refused(parsed.into_answer(None)));
+    }
+    let mut answer = parsed.into_answer(None);
+    let stream = answer.body.conn.take().map(|c| c.stream);
+    let early = std::mem::take(&mut answer.body.buf);
+    match stream {
+        Some(stream) => Ok(Upgrade::Switched {
+            answer,
+            stream,
+            early,
+        }),
+        None => Err(H1Error::Broken("connection gone".into())),
     }
 }
 
@@ -240,7 +289,7 @@ struct Parsed {
 }
 
 impl Parsed {
-    fn into_answer(self, pool: Rc<Pool>) -> Answer {
+    fn into_answer(self, pool: Option<Rc<Pool>>) -> Answer {
         Answer {
             status: self.status,
             head: self.head,
@@ -386,7 +435,9 @@ pub struct Body {
     buf: BytesMut,
     framing: Framing,
     reusable: bool,
-    pool: Rc<Pool>,
+    /// Where the connection goes back when the body ends cleanly; `None`
+    /// for a connection that is never pooled (an upgrade request's).
+    pool: Option<Rc<Pool>>,
 }
 
 impl Stream for Body {
@@ -447,10 +498,10 @@ impl Body {
     /// The body was read to its end: keep the connection if it is clean.
     fn finish(&mut self) {
         if let Some(conn) = self.conn.take() {
-            if self.reusable && self.buf.is_empty() {
+            if let (Some(pool), true) = (&self.pool, self.reusable && self.buf.is_empty()) {
                 let mut conn = conn;
                 conn.buf = std::mem::take(&mut self.buf);
-                self.pool.give_back(conn);
+                pool.give_back(conn);
             }
         }
     }

@@ -254,9 +254,16 @@ async fn forward(
         upstream_fields(&node.authority, &mut |n, v| head.field(n, v));
         head.field(b"connection", b"upgrade");
         head.field(b"upgrade", b"websocket");
-        return websocket::tunnel(payload, head.finish(), &node.authority, connect, read)
-            .await
-            .map(Reply::Response);
+        return websocket::tunnel(
+            payload,
+            req.method(),
+            head.finish(),
+            &node.authority,
+            connect,
+            read,
+            extra_response_headers,
+        )
+        .await;
     }
 
     // Try nodes in turn; only a failed connection moves on, and only while
