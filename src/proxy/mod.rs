@@ -406,7 +406,8 @@ async fn forward(
                         }
                     },
                 );
-                let mut answer = out.streaming(idle_timeout(resp, read));
+                let typed = resp.headers().contains_key(header::CONTENT_TYPE);
+                let mut answer = streamed(out, idle_timeout(resp, read), typed);
                 append_all(answer.headers_mut(), &extra_response_headers);
                 return Ok(Reply::Response(answer));
             }
@@ -435,6 +436,25 @@ async fn forward(
         }
     }
     Err(last)
+}
+
+/// A streamed answer with exactly the upstream's headers: actix-web's
+/// `streaming` adds `Content-Type: application/octet-stream` when there
+/// is none, which the upstream did not say.
+pub fn streamed<S, E>(
+    mut head: actix_web::HttpResponseBuilder,
+    body: S,
+    upstream_had_type: bool,
+) -> HttpResponse
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + 'static,
+    E: Into<Box<dyn std::error::Error>> + 'static,
+{
+    let mut answer = head.streaming(body);
+    if !upstream_had_type {
+        answer.headers_mut().remove(header::CONTENT_TYPE);
+    }
+    answer
 }
 
 /// A switch of protocol is refused: only WebSocket routes tunnel, and they

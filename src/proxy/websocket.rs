@@ -89,7 +89,10 @@ pub async fn tunnel(
             let _ = &stop_other;
             chunk
         });
-    Ok(Reply::Response(resp.streaming(stream)))
+    let typed = answer
+        .fields()
+        .any(|(n, _)| n.eq_ignore_ascii_case(b"content-type"));
+    Ok(Reply::Response(super::streamed(resp, stream, typed)))
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);

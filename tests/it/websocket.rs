@@ -92,6 +92,10 @@ fn websocket_route_tunnels_both_ways() {
     let head = String::from_utf8_lossy(&head);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(head.to_lowercase().contains("upgrade: websocket"), "{head}");
+    assert!(
+        !head.to_lowercase().contains("content-type"),
+        "the switch gained a content type: {head}"
+    );
 
     for msg in ["hello", "second message"] {
         conn.write_all(msg.as_bytes()).unwrap();
