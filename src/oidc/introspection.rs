@@ -26,8 +26,7 @@ pub const CACHE_CAPACITY: u64 = 100_000;
 #[derive(Clone)]
 pub struct Active {
     pub reply: Arc<super::Identity>,
-    ttl: Duration,
-    /// When the reply stops being trusted (now + ttl at the call).
+    /// When the reply stops being trusted.
     until: std::time::Instant,
 }
 
@@ -40,7 +39,7 @@ impl Expiry<[u8; 32], Active> for ByTtl {
         v: &Active,
         _: std::time::Instant,
     ) -> Option<Duration> {
-        Some(v.ttl)
+        Some(v.until.saturating_duration_since(std::time::Instant::now()))
     }
 }
 
@@ -141,11 +140,9 @@ impl Introspector {
             (Some(e), 0) => e,
             (Some(e), cap) => e.min(cap),
         };
-        let ttl = Duration::from_secs(secs);
         Ok(Active {
             reply: super::Identity::new(reply),
-            ttl,
-            until: std::time::Instant::now() + ttl,
+            until: std::time::Instant::now() + Duration::from_secs(secs),
         })
     }
 }

@@ -44,6 +44,20 @@ pub enum H1Error {
     ReadTimeout,
 }
 
+impl H1Error {
+    /// The gateway's answer for this failure, and whether another node
+    /// may be tried (only when nothing reached the upstream).
+    pub fn outcome(&self) -> (super::ProxyError, bool) {
+        use super::ProxyError as P;
+        match self {
+            H1Error::Connect(_) => (P::UpstreamUnreachable, true),
+            H1Error::ConnectTimeout => (P::UpstreamTimedOut, true),
+            H1Error::Broken(_) => (P::UpstreamBroken, false),
+            H1Error::ReadTimeout => (P::UpstreamTimedOut, false),
+        }
+    }
+}
+
 /// Idle keep-alive connections of one worker, by node.
 #[derive(Default)]
 pub struct Pool {
@@ -209,6 +223,18 @@ pub async fn send(
             Err(Exchange::Failed(e)) => return Err(e),
         }
     }
+    let parsed = fresh_exchange(node, method, head, connect_timeout, read_timeout).await?;
+    Ok(parsed.into_answer(Some(pool.clone())))
+}
+
+/// One exchange over a new connection to `node`.
+async fn fresh_exchange(
+    node: &str,
+    method: &Method,
+    head: &[u8],
+    connect_timeout: Duration,
+    read_timeout: Duration,
+) -> Result<Parsed, H1Error> {
     let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(node))
         .await
         .map_err(|_| H1Error::ConnectTimeout)?
@@ -216,7 +242,7 @@ pub async fn send(
     let _ = stream.set_nodelay(true);
     let conn = Conn::new(stream, node, tokio::time::Instant::now() + read_timeout);
     match exchange(conn, head, method, read_timeout).await {
-        Ok(answer) => Ok(answer.into_answer(Some(pool.clone()))),
+        Ok(parsed) => Ok(parsed),
         Err(Exchange::Stale) => Err(H1Error::Broken("closed before answering".into())),
         Err(Exchange::Failed(e)) => Err(e),
     }
@@ -244,17 +270,7 @@ pub async fn open_upgrade(
     connect_timeout: Duration,
     read_timeout: Duration,
 ) -> Result<Upgrade, H1Error> {
-    let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(node))
-        .await
-        .map_err(|_| H1Error::ConnectTimeout)?
-        .map_err(H1Error::Connect)?;
-    let _ = stream.set_nodelay(true);
-    let conn = Conn::new(stream, node, tokio::time::Instant::now() + read_timeout);
-    let parsed = match exchange(conn, head, method, read_timeout).await {
-        Ok(p) => p,
-        Err(Exchange::Stale) => return Err(H1Error::Broken("closed before answering".into())),
-        Err(Exchange::Failed(e)) => return Err(e),
-    };
+    let parsed = fresh_exchange(node, method, head, connect_timeout, read_timeout).await?;
     if parsed.status != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(Upgrade::Refused(parsed.into_answer(None)));
     }

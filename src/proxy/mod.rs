@@ -308,12 +308,7 @@ async fn forward(
                 }
                 Err(e) => {
                     tracing::warn!(route.id = %route.id, upstream.node = %node.authority, error = %e, "upstream request failed");
-                    let (err, retry) = match e {
-                        h1::H1Error::Connect(_) => (ProxyError::UpstreamUnreachable, true),
-                        h1::H1Error::ConnectTimeout => (ProxyError::UpstreamTimedOut, true),
-                        h1::H1Error::Broken(_) => (ProxyError::UpstreamBroken, false),
-                        h1::H1Error::ReadTimeout => (ProxyError::UpstreamTimedOut, false),
-                    };
+                    let (err, retry) = e.outcome();
                     last = err;
                     if !retry {
                         break;

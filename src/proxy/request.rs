@@ -64,13 +64,14 @@ impl Request {
 
     /// The first value of a header, by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.fields()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v)
+        self.header_all(name).next()
     }
 
     /// Every value of a header, by case-insensitive name.
-    pub fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+    pub fn header_all<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + 'n
+    where
+        'a: 'n,
+    {
         self.fields()
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| v)
@@ -126,9 +127,8 @@ impl Request {
 
     /// The value of the first cookie called `name`, from any `Cookie` line.
     pub fn cookie(&self, name: &str) -> Option<&str> {
-        self.fields()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(b"cookie"))
-            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+        self.header_all("cookie")
+            .filter_map(|v| std::str::from_utf8(v).ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
             .find(|(n, _)| n.trim() == name)

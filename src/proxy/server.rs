@@ -29,7 +29,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::request::{parse_head, ConnReader, HeadError, Payload};
+use super::request::{parse_head, ConnReader, HeadError, Parsed, Payload};
 use super::{headers, Clients, ProxyState, Reply};
 
 /// Largest request head: the header limits of the proxy (32 KiB of names
@@ -205,6 +205,126 @@ fn worker(
     });
 }
 
+/// Waits for and parses the heads of one connection's requests.
+///
+/// One timer per connection, armed lazily: it moves only when it would
+/// fire too late, and fires at most once per keep-alive period on a busy
+/// connection (re-arming on every request costs a timer-wheel insertion
+/// and removal each time).
+struct Heads {
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    keep_alive: Duration,
+    /// When the last answer was sent (or the connection opened).
+    last_active: Instant,
+    /// When the head being received must be complete.
+    head_deadline: Option<Instant>,
+    /// Bytes of the buffered head already looked at.
+    scanned: usize,
+    /// Requests answered on this connection.
+    answered: u64,
+}
+
+impl Heads {
+    fn new(keep_alive: Duration) -> Heads {
+        let now = Instant::now();
+        Heads {
+            timer: Box::pin(tokio::time::sleep_until(now + HEAD_TIMEOUT)),
+            keep_alive,
+            last_active: now,
+            head_deadline: None,
+            scanned: 0,
+            answered: 0,
+        }
+    }
+
+    /// An answer was sent: the wait for the next head starts now.
+    fn served(&mut self) {
+        self.last_active = Instant::now();
+        self.head_deadline = None;
+        self.answered += 1;
+    }
+
+    /// The next complete head, or `None` when the connection is to close:
+    /// the client closed or sent a head that was refused (and answered),
+    /// a time limit passed, or the server is stopping while the connection
+    /// is idle.
+    async fn next<F: std::future::Future>(
+        &mut self,
+        reader: &Rc<RefCell<ConnReader>>,
+        wr: &mut OwnedWriteHalf,
+        mut stop: std::pin::Pin<&mut F>,
+    ) -> Option<Parsed> {
+        loop {
+            // Parse again only when a line ended since the last try: a
+            // head sent a byte at a time is not re-parsed for every byte.
+            let (result, empty, eof, len) = {
+                let r = reader.borrow();
+                let fresh = &r.buf[self.scanned.min(r.buf.len())..];
+                let worth = self.scanned == 0 || fresh.contains(&b'\n');
+                self.scanned = r.buf.len();
+                let result = if worth { parse_head(&r.buf) } else { Ok(None) };
+                (result, r.buf.is_empty(), r.eof, r.buf.len())
+            };
+            match result {
+                Ok(Some(p)) if p.len <= MAX_HEAD => {
+                    self.scanned = 0;
+                    return Some(p);
+                }
+                Ok(Some(_)) => {
+                    let _ = refuse(wr, &HeadError::TooLarge).await;
+                    return None;
+                }
+                Ok(None) if eof => return None,
+                Ok(None) if len > MAX_HEAD => {
+                    let _ = refuse(wr, &HeadError::TooLarge).await;
+                    return None;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = refuse(wr, &e).await;
+                    return None;
+                }
+            }
+            // A started head has HEAD_TIMEOUT in all, however it trickles;
+            // a new connection has it for its first request, a kept one
+            // the keep-alive time.
+            if empty {
+                self.head_deadline = None;
+            } else if self.head_deadline.is_none() {
+                self.head_deadline = Some(Instant::now() + HEAD_TIMEOUT);
+            }
+            let idle = if self.answered == 0 {
+                HEAD_TIMEOUT
+            } else {
+                self.keep_alive
+            };
+            let deadline = self.head_deadline.unwrap_or(self.last_active + idle);
+            if self.timer.deadline() > deadline {
+                self.timer.as_mut().reset(deadline);
+            }
+            let fill = std::future::poll_fn(|cx| reader.borrow_mut().poll_fill(cx));
+            tokio::select! {
+                biased;
+                r = fill => if r.is_err() {
+                    return None;
+                },
+                () = self.timer.as_mut() => {
+                    if Instant::now() < deadline {
+                        // Armed for an earlier deadline than this one.
+                        self.timer.as_mut().reset(deadline);
+                        continue;
+                    }
+                    if !empty {
+                        let _ = write_simple(wr, StatusCode::REQUEST_TIMEOUT, "request head timed out").await;
+                    }
+                    return None;
+                },
+                _ = stop.as_mut(), if empty => return None,
+            }
+        }
+    }
+}
+
 /// Serves one client connection until it closes, idles out or the server
 /// stops.
 async fn connection(stream: TcpStream, peer: SocketAddr, w: &Worker) {
@@ -216,104 +336,18 @@ async fn connection(stream: TcpStream, peer: SocketAddr, w: &Worker) {
     let mut stopped = w.stopped.clone();
     let stop = stopped.wait_for(|s| *s);
     tokio::pin!(stop);
-    // One timer per connection, armed lazily: it moves only when it would
-    // fire too late, and fires at most once per keep-alive period on a
-    // busy connection (re-arming on every request costs a timer-wheel
-    // insertion and removal each time).
-    let mut last_active = Instant::now();
-    let mut head_deadline: Option<Instant> = None;
-    // Bytes of the buffered head already looked at.
-    let mut scanned = 0;
-    let mut served = 0u64;
-    let timer = tokio::time::sleep_until(last_active + HEAD_TIMEOUT);
-    tokio::pin!(timer);
+    let mut heads = Heads::new(w.settings.keep_alive);
     loop {
-        // The next head: idle time is bounded by keep-alive, a started
-        // head by HEAD_TIMEOUT, and a stopping server closes idle
-        // connections.
-        let parsed = loop {
-            // Parse again only when a line ended since the last try: a
-            // head sent a byte at a time is not re-parsed for every byte.
-            let result = {
-                let r = reader.borrow();
-                let fresh = &r.buf[scanned.min(r.buf.len())..];
-                let worth = scanned == 0 || fresh.contains(&b'\n');
-                scanned = r.buf.len();
-                if worth {
-                    parse_head(&r.buf)
-                } else {
-                    Ok(None)
-                }
-            };
-            match result {
-                Ok(Some(p)) if p.len > MAX_HEAD => {
-                    let _ = refuse(&mut wr, &HeadError::TooLarge).await;
-                    return;
-                }
-                Ok(Some(p)) => break p,
-                Ok(None) => {}
-                Err(e) => {
-                    let _ = refuse(&mut wr, &e).await;
-                    return;
-                }
-            }
-            let (empty, eof, len) = {
-                let r = reader.borrow();
-                (r.buf.is_empty(), r.eof, r.buf.len())
-            };
-            if eof {
-                return;
-            }
-            if len > MAX_HEAD {
-                let _ = refuse(&mut wr, &HeadError::TooLarge).await;
-                return;
-            }
-            // A started head has HEAD_TIMEOUT in all, however it trickles.
-            if empty {
-                head_deadline = None;
-            } else if head_deadline.is_none() {
-                head_deadline = Some(Instant::now() + HEAD_TIMEOUT);
-            }
-            // A new connection gets HEAD_TIMEOUT for its first request, a
-            // kept one the keep-alive time.
-            let idle = if served == 0 {
-                HEAD_TIMEOUT
-            } else {
-                w.settings.keep_alive
-            };
-            let deadline = head_deadline.unwrap_or(last_active + idle);
-            if timer.deadline() > deadline {
-                timer.as_mut().reset(deadline);
-            }
-            let fill = std::future::poll_fn(|cx| reader.borrow_mut().poll_fill(cx));
-            tokio::select! {
-                biased;
-                r = fill => if r.is_err() {
-                    return;
-                },
-                () = &mut timer => {
-                    if Instant::now() < deadline {
-                        // Armed for an earlier deadline than this one.
-                        timer.as_mut().reset(deadline);
-                        continue;
-                    }
-                    if !empty {
-                        let _ = write_simple(&mut wr, StatusCode::REQUEST_TIMEOUT, "request head timed out").await;
-                    }
-                    return;
-                },
-                _ = &mut stop, if empty => return,
-            }
+        let Some(parsed) = heads.next(&reader, &mut wr, stop.as_mut()).await else {
+            return;
         };
-        scanned = 0;
         let head = {
             let mut r = reader.borrow_mut();
             r.framing = parsed.framing;
             r.buf.split_to(parsed.len).freeze()
         };
         if parsed.expect_continue
-            && wr
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            && send(&mut wr, b"HTTP/1.1 100 Continue\r\n\r\n")
                 .await
                 .is_err()
         {
@@ -343,9 +377,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, w: &Worker) {
             }
             Err(_) => return,
         }
-        last_active = Instant::now();
-        head_deadline = None;
-        served += 1;
+        heads.served();
         // A body nobody read (an answer that did not need it) is skipped
         // so the connection can be kept; a large or slow one closes it.
         let unread = {
@@ -364,9 +396,15 @@ async fn connection(stream: TcpStream, peer: SocketAddr, w: &Worker) {
 /// take the answer just written with it (nginx's lingering close).
 async fn linger(reader: &Rc<RefCell<ConnReader>>, wr: &mut OwnedWriteHalf) {
     let _ = wr.shutdown().await;
-    // A tunnel's client side belongs to the tunnel; nothing to wait for.
-    if reader.borrow().framing == super::framing::Framing::UntilClose {
-        return;
+    // Only unread bytes can turn the close into a reset: with the body read
+    // and nothing pipelined there is nothing to wait for. A tunnel's client
+    // side belongs to the tunnel.
+    {
+        let r = reader.borrow();
+        let nothing_unread = r.framing.is_done() && r.buf.is_empty() && !r.failed;
+        if nothing_unread || r.framing == super::framing::Framing::UntilClose {
+            return;
+        }
     }
     let discard = async {
         let mut dropped = 0;

@@ -15,7 +15,7 @@ use actix_web::HttpResponse;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use super::h1::{self, H1Error, Upgrade};
+use super::h1::{self, Upgrade};
 use super::{Payload, ProxyError, Reply, Request, UpstreamReply};
 
 /// Whether the client asks for a WebSocket upgrade.
@@ -38,11 +38,7 @@ pub async fn tunnel(
 ) -> Result<Reply, ProxyError> {
     let opened = h1::open_upgrade(authority, method, &head, connect_timeout, read_timeout)
         .await
-        .map_err(|e| match e {
-            H1Error::Connect(_) => ProxyError::UpstreamUnreachable,
-            H1Error::ConnectTimeout | H1Error::ReadTimeout => ProxyError::UpstreamTimedOut,
-            H1Error::Broken(_) => ProxyError::UpstreamBroken,
-        })?;
+        .map_err(|e| e.outcome().0)?;
     let (answer, upstream, early) = match opened {
         Upgrade::Refused(answer) => {
             return Ok(Reply::Upstream(UpstreamReply {
