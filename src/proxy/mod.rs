@@ -134,7 +134,9 @@ async fn forward(
     let peer: IpAddr = req.peer_addr().ip();
 
     // Oversized headers are refused before anything looks at them.
-    check_header_sizes(req.fields())?;
+    if req.oversized() {
+        return Err(ProxyError::HeadersTooLarge);
+    }
 
     // Canonical path first: routing and every decision use it.
     let path = path::canonicalize(req.path())?;
@@ -486,22 +488,6 @@ fn classify(e: &awc::error::SendRequestError) -> (ProxyError, bool) {
 pub const MAX_HEADER_VALUE: usize = 8 * 1024;
 /// Largest sum of all header names and values.
 pub const MAX_HEADERS_TOTAL: usize = 32 * 1024;
-
-fn check_header_sizes<'a>(
-    fields: impl Iterator<Item = headers::Field<'a>>,
-) -> Result<(), ProxyError> {
-    let mut total = 0;
-    for (name, value) in fields {
-        if value.len() > MAX_HEADER_VALUE {
-            return Err(ProxyError::HeadersTooLarge);
-        }
-        total += name.len() + value.len();
-    }
-    if total > MAX_HEADERS_TOTAL {
-        return Err(ProxyError::HeadersTooLarge);
-    }
-    Ok(())
-}
 
 /// Ends a body stream with an error when no chunk arrives for `idle`.
 fn idle_timeout<S, E>(

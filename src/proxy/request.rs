@@ -37,6 +37,9 @@ pub struct Request {
     map: std::cell::OnceCell<HeaderMap>,
     http10: bool,
     body: BodyKind,
+    /// A header value over `MAX_HEADER_VALUE`, or all of them over
+    /// `MAX_HEADERS_TOTAL` (answered 431 before anything else looks).
+    oversized: bool,
     peer: SocketAddr,
     /// The peer's address as text, formatted once per connection.
     peer_ip: Rc<str>,
@@ -125,6 +128,11 @@ impl Request {
         self.body
     }
 
+    /// Whether the headers exceed the gateway's size limits.
+    pub fn oversized(&self) -> bool {
+        self.oversized
+    }
+
     /// The value of the first cookie called `name`, from any `Cookie` line.
     pub fn cookie(&self, name: &str) -> Option<&str> {
         self.header_all("cookie")
@@ -184,6 +192,7 @@ pub struct Parsed {
     authority: Option<Span>,
     fields: Vec<(Span, Span)>,
     http10: bool,
+    oversized: bool,
 }
 
 impl Parsed {
@@ -204,6 +213,7 @@ impl Parsed {
             map: Default::default(),
             http10: self.http10,
             body,
+            oversized: self.oversized,
             peer,
             peer_ip,
         }
@@ -250,8 +260,12 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, HeadError> {
     let mut coding_seen = false;
     let mut close = http10;
     let mut expect_continue = false;
+    let mut total = 0;
+    let mut oversized = false;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
+        total += name.len() + h.value.len();
+        oversized |= h.value.len() > super::MAX_HEADER_VALUE;
         if name.eq_ignore_ascii_case(b"content-length") {
             // One Content-Length of bare digits; repeats and lists are
             // refused rather than reconciled (attack kind K17).
@@ -315,6 +329,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, HeadError> {
         authority,
         fields,
         http10,
+        oversized: oversized || total > super::MAX_HEADERS_TOTAL,
     }))
 }
 
