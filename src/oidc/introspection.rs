@@ -30,6 +30,13 @@ pub struct Active {
     until: std::time::Instant,
 }
 
+impl Active {
+    /// Whether the reply may still be trusted.
+    fn is_current(&self) -> bool {
+        std::time::Instant::now() < self.until
+    }
+}
+
 struct ByTtl;
 
 impl Expiry<[u8; 32], Active> for ByTtl {
@@ -82,7 +89,7 @@ impl Introspector {
         endpoint: &str,
         token: &str,
     ) -> Result<Active, AuthError> {
-        if let Some(active) = self.recent.get(token) {
+        if let Some(active) = self.recent.get(token).filter(|a| a.is_current()) {
             return Ok(active);
         }
         let key = super::token_hash(token);
@@ -91,7 +98,7 @@ impl Introspector {
             .try_get_with(key, self.call(client, endpoint, token))
             .await
             .map_err(|e| (*e).clone())?;
-        self.recent.put(token, active.clone(), active.until);
+        self.recent.put(token, active.clone());
         Ok(active)
     }
 

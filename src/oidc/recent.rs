@@ -6,15 +6,15 @@
 //! The table is direct-mapped: a slot holds one token, compared in full,
 //! so a token that hashes to an occupied slot only displaces it — there
 //! are no chains an attacker could lengthen. Only what the large cache
-//! would answer is put here, with the same expiry.
+//! would answer is put here; whether an entry is still good (expiry, key
+//! generation) is for the caller to check, as with the large cache.
 
 use std::sync::Mutex;
-use std::time::Instant;
 
 /// Slots per table.
 const SLOTS: usize = 256;
 
-type Slot<V> = Mutex<Option<(Box<str>, V, Instant)>>;
+type Slot<V> = Mutex<Option<(Box<str>, V)>>;
 
 pub struct RecentTokens<V> {
     slots: Box<[Slot<V>]>,
@@ -32,22 +32,22 @@ impl<V: Clone> Default for RecentTokens<V> {
 }
 
 impl<V: Clone> RecentTokens<V> {
-    /// The value remembered for exactly `token`, until its expiry.
+    /// The value remembered for exactly `token`.
     pub fn get(&self, token: &str) -> Option<V> {
         let slot = self.slots[self.slot(token)]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         match &*slot {
-            Some((t, v, until)) if **t == *token && Instant::now() < *until => Some(v.clone()),
+            Some((t, v)) if **t == *token => Some(v.clone()),
             _ => None,
         }
     }
 
-    /// Remembers `value` for `token` until `until`.
-    pub fn put(&self, token: &str, value: V, until: Instant) {
+    /// Remembers `value` for `token`.
+    pub fn put(&self, token: &str, value: V) {
         *self.slots[self.slot(token)]
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some((token.into(), value, until));
+            .unwrap_or_else(|e| e.into_inner()) = Some((token.into(), value));
     }
 
     /// A keyed multiply-rotate hash of the token's length and its last 32
@@ -73,33 +73,28 @@ impl<V: Clone> RecentTokens<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
-    fn only_the_exact_token_and_only_until_expiry() {
+    fn only_the_exact_token() {
         let t: RecentTokens<u32> = RecentTokens::default();
-        let later = Instant::now() + Duration::from_secs(60);
-        t.put("aaaa.bbbb.cccc", 1, later);
+        t.put("aaaa.bbbb.cccc", 1);
         assert_eq!(t.get("aaaa.bbbb.cccc"), Some(1));
         assert_eq!(t.get("aaaa.bbbb.cccd"), None);
         assert_eq!(t.get("aaaa.bbbb.ccc"), None);
         // Same tail and length, different token: never confused.
-        t.put("xaaa.bbbb.cccc", 3, later);
+        t.put("xaaa.bbbb.cccc", 3);
         if let Some(v) = t.get("aaaa.bbbb.cccc") {
             assert_eq!(v, 1);
         }
         assert_eq!(t.get("xaaa.bbbb.cccc"), Some(3));
-        t.put("gone", 2, Instant::now());
-        assert_eq!(t.get("gone"), None);
     }
 
     #[test]
     fn colliding_tokens_displace_each_other() {
         let t: RecentTokens<usize> = RecentTokens::default();
-        let later = Instant::now() + Duration::from_secs(60);
         // More tokens than slots: every lookup is either right or a miss.
         for i in 0..4 * SLOTS {
-            t.put(&format!("token-{i}"), i, later);
+            t.put(&format!("token-{i}"), i);
         }
         for i in 0..4 * SLOTS {
             if let Some(v) = t.get(&format!("token-{i}")) {

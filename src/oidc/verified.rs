@@ -75,7 +75,7 @@ impl VerifiedCache {
             return None;
         }
         let claims = hit.claims.clone();
-        self.recent.put(token, hit, far_future());
+        self.recent.put(token, hit);
         Some(claims)
     }
 
@@ -89,14 +89,7 @@ impl VerifiedCache {
             exp,
             generation,
         };
-        // Expiry is checked on every hit against `exp` and the generation.
-        self.recent.put(token, entry.clone(), far_future());
+        self.recent.put(token, entry.clone());
         self.cache.insert(super::token_hash(token), entry).await;
     }
-}
-
-/// A moment that never comes: entries of the recent table are checked
-/// against `exp` and the key-set generation on every hit instead.
-fn far_future() -> std::time::Instant {
-    std::time::Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
