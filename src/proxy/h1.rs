@@ -172,8 +172,16 @@ impl Answer {
     }
 }
 
-/// Writes HTTP/1.1 request heads: request line, header lines (names
-/// written in lower case), blank line.
+/// Appends one `name: value` header line.
+pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes HTTP/1.1 request heads: request line, header lines (as the
+/// header rules hand them over, names in lower case), blank line.
 pub struct HeadWriter(pub Vec<u8>);
 
 impl HeadWriter {
@@ -193,10 +201,7 @@ impl HeadWriter {
     }
 
     pub fn field(&mut self, name: &[u8], value: &[u8]) {
-        self.0.extend(name.iter().map(u8::to_ascii_lowercase));
-        self.0.extend_from_slice(b": ");
-        self.0.extend_from_slice(value);
-        self.0.extend_from_slice(b"\r\n");
+        push_field(&mut self.0, name, value);
     }
 
     pub fn finish(mut self) -> Vec<u8> {

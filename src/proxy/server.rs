@@ -29,6 +29,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::h1::push_field;
 use super::request::{parse_head, ConnReader, HeadError, Parsed, Payload};
 use super::{headers, Clients, ProxyState, Reply};
 
@@ -470,7 +471,7 @@ async fn write_simple(
     let mut out = Vec::with_capacity(256);
     status_line(&mut out, status);
     out.extend_from_slice(b"content-type: application/json\r\n");
-    push_header(&mut out, b"date", date().as_bytes());
+    push_field(&mut out, b"date", date().as_bytes());
     out.extend_from_slice(b"connection: close\r\n");
     out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
     out.extend_from_slice(body.as_bytes());
@@ -483,13 +484,6 @@ fn status_line(out: &mut Vec<u8>, status: StatusCode) {
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
-    out.extend_from_slice(b"\r\n");
-}
-
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -543,14 +537,14 @@ fn is_framing_header(name: &[u8]) -> bool {
 fn finish_head(out: &mut Vec<u8>, framing: Out, m: Message, has_date: bool, tunnel: bool) -> bool {
     let keep_alive = m.keep_alive && framing != Out::Close;
     if !has_date {
-        push_header(out, b"date", date().as_bytes());
+        push_field(out, b"date", date().as_bytes());
     }
     match framing {
         Out::Length(n) => {
             let mut digits = itoa::Buffer::new();
-            push_header(out, b"content-length", digits.format(n).as_bytes());
+            push_field(out, b"content-length", digits.format(n).as_bytes());
         }
-        Out::Chunked if !m.head_only => push_header(out, b"transfer-encoding", b"chunked"),
+        Out::Chunked if !m.head_only => push_field(out, b"transfer-encoding", b"chunked"),
         _ => {}
     }
     if !tunnel {
@@ -586,11 +580,11 @@ async fn write_reply(
                         .contains_key(std::str::from_utf8(name).unwrap_or(""));
                 if !is_framing_header(name) && !replaced {
                     has_date |= name == b"date";
-                    push_header(out, name, value);
+                    push_field(out, name, value);
                 }
             });
             for (name, value) in &u.extra {
-                push_header(out, name.as_str().as_bytes(), value.as_bytes());
+                push_field(out, name.as_str().as_bytes(), value.as_bytes());
             }
             let keep_alive = finish_head(out, framing, m, has_date, false);
             let mut body = u.answer.body;
@@ -623,7 +617,7 @@ async fn write_reply(
                     continue;
                 }
                 has_date |= name == header::DATE;
-                push_header(out, name.as_str().as_bytes(), value.as_bytes());
+                push_field(out, name.as_str().as_bytes(), value.as_bytes());
             }
             let keep_alive = finish_head(out, framing, m, has_date, tunnel);
             if m.head_only || framing == Out::None {
