@@ -440,7 +440,11 @@ async fn exchange(
                 fields,
                 length,
                 framing,
-                reusable: !close && status != StatusCode::SWITCHING_PROTOCOLS,
+                // After an answer without a body (HEAD, 204, 304, 101) a
+                // misbehaving upstream may still send one, and bytes that
+                // arrive after the connection was reused would be read as
+                // another client's answer: such connections are not pooled.
+                reusable: !close && !no_body,
                 conn,
                 rest: buf,
             });
